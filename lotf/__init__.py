@@ -1,0 +1,1 @@
+"""lotf: learning-on-the-fly of machine-learned interatomic potentials."""
