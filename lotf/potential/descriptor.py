@@ -64,21 +64,34 @@ def n_features(n_radial: int, contractions: tuple[int, ...] = tuple(range(N_CONT
     return sum(sizes[c] for c in contractions)
 
 
-def moments(radial: jax.Array, unit: jax.Array, centre: jax.Array, n_atoms: int) -> tuple[jax.Array, ...]:
-    """Sum pair contributions into per-atom moments M0..M3.
+# Unique Cartesian components of the symmetric rank-2 and rank-3 tensors n⊗n, n⊗n⊗n
+_RANK2 = list(itertools.combinations_with_replacement(range(3), 2))  # 6
+_RANK3 = list(itertools.combinations_with_replacement(range(3), 3))  # 10
+_FULL2 = np.array([[_RANK2.index(tuple(sorted((a, b)))) for b in range(3)] for a in range(3)])
+_FULL3 = np.array([[[_RANK3.index(tuple(sorted((a, b, c)))) for c in range(3)] for b in range(3)] for a in range(3)])
 
-    radial (P, R), unit (P, 3), centre (P,) sorted. Returns (N,R), (N,R,3), (N,R,3,3), (N,R,3,3,3).
+
+def angular_components(unit: jax.Array) -> jax.Array:
+    """(..., 20): 1, n_a, the 6 unique n_a n_b and the 10 unique n_a n_b n_c."""
+    cols = [jnp.ones_like(unit[..., 0])]
+    cols += [unit[..., a] for a in range(3)]
+    cols += [unit[..., a] * unit[..., b] for a, b in _RANK2]
+    cols += [unit[..., a] * unit[..., b] * unit[..., c] for a, b, c in _RANK3]
+    return jnp.stack(cols, axis=-1)
+
+
+def moments(radial: jax.Array, unit: jax.Array) -> tuple[jax.Array, ...]:
+    """Per-atom moments M0..M3 from dense neighbour rows.
+
+    radial (N, K, R) (zero on padded slots), unit (N, K, 3). The neighbour sum is one batched
+    matmul over the 20 unique angular components; full tensors are rebuilt per atom (cheap).
+    Returns (N,R), (N,R,3), (N,R,3,3), (N,R,3,3,3).
     """
-    nn = unit[:, :, None] * unit[:, None, :]
-    nnn = nn[:, :, :, None] * unit[:, None, None, :]
-    p, r = radial.shape
-    angular = jnp.concatenate([jnp.ones((p, 1), unit.dtype), unit, nn.reshape(p, 9), nnn.reshape(p, 27)], axis=1)
-    pair = radial[:, :, None] * angular[:, None, :]  # (P, R, 40)
-    summed = jax.ops.segment_sum(pair, centre, num_segments=n_atoms, indices_are_sorted=True)
-    m0 = summed[:, :, 0]
-    m1 = summed[:, :, 1:4]
-    m2 = summed[:, :, 4:13].reshape(n_atoms, r, 3, 3)
-    m3 = summed[:, :, 13:40].reshape(n_atoms, r, 3, 3, 3)
+    summed = jnp.einsum("nkr,nkc->nrc", radial, angular_components(unit))  # (N, R, 20)
+    m0 = summed[..., 0]
+    m1 = summed[..., 1:4]
+    m2 = summed[..., 4:10][..., _FULL2]
+    m3 = summed[..., 10:20][..., _FULL3]
     return m0, m1, m2, m3
 
 
@@ -114,30 +127,31 @@ def contract(m0, m1, m2, m3, contractions: tuple[int, ...]) -> jax.Array:
     return jnp.concatenate(blocks, axis=1)
 
 
-def pair_geometry(positions, cells, structure, idx_i, idx_j, shifts, pair_mask):
-    """Pair vectors r_ij = R_j - R_i + S @ cell, distances and unit vectors (padded pairs safe)."""
-    cell_of_pair = cells[structure[idx_i]]  # (P, 3, 3)
-    offset = jnp.einsum("pa,pab->pb", shifts, cell_of_pair)
-    vec = positions[idx_j] - positions[idx_i] + offset
-    # padded pairs have zero length: replace so neither the value nor the gradient is NaN
-    vec = jnp.where(pair_mask[:, None], vec, jnp.array([1.0, 0.0, 0.0], vec.dtype))
+def pair_geometry(graph) -> tuple[jax.Array, jax.Array]:
+    """Pair vectors r[n, k] = R_j - R_n + S @ cell and distances, (N, K, 3) and (N, K).
+
+    Padded slots get a dummy unit vector so neither values nor gradients become NaN.
+    """
+    cell_of_atom = graph.cells[graph.structure]  # (N, 3, 3)
+    offset = jnp.einsum("nka,nab->nkb", graph.shifts, cell_of_atom)
+    vec = graph.positions[graph.neighbors] - graph.positions[:, None, :] + offset
+    vec = jnp.where(graph.pair_mask[..., None], vec, jnp.array([1.0, 0.0, 0.0], vec.dtype))
     dist = jnp.sqrt(jnp.sum(vec * vec, axis=-1))
     return vec, dist
 
 
-def averaged_descriptor(
-    positions, cell, idx_i, idx_j, shifts, pair_mask, *, n_basis: int = 4, r_min: float = 1.1,
-    r_max: float = 6.0, contractions: tuple[int, ...] = tuple(range(N_CONTRACTIONS)),
-) -> jax.Array:
-    """Element-blind Gaussian moments averaged over atoms (the ERBS collective-variable input).
+def averaged_descriptor(graph, *, n_basis: int = 4, r_min: float = 1.1, r_max: float = 6.0,
+                        contractions: tuple[int, ...] = tuple(range(N_CONTRACTIONS))) -> jax.Array:
+    """Element-blind Gaussian moments averaged over the real atoms of each structure, (B, F).
 
-    No learned coefficients: the raw Gaussian basis (R = n_basis) times the cosine cutoff.
+    No learned coefficients: the raw Gaussian basis (R = n_basis) times the cosine cutoff. This
+    is the ERBS collective-variable input; r_min is honoured (the reference hard-codes 1.5 Å).
     """
-    n = positions.shape[0]
-    structure = jnp.zeros(n, dtype=jnp.int32)
-    vec, dist = pair_geometry(positions, cell[None], structure, idx_i, idx_j, shifts, pair_mask)
-    radial = gaussian_basis(dist, n_basis, r_min, r_max) * cosine_cutoff(dist, r_max)[:, None]
-    radial = radial * pair_mask[:, None]
-    unit = vec / dist[:, None]
-    feats = contract(*moments(radial, unit, idx_i, n), contractions)
-    return jnp.mean(feats, axis=0)
+    vec, dist = pair_geometry(graph)
+    radial = gaussian_basis(dist, n_basis, r_min, r_max) * (cosine_cutoff(dist, r_max) * graph.pair_mask)[..., None]
+    feats = contract(*moments(radial, vec / dist[..., None]), contractions)
+    weights = graph.atom_mask.astype(feats.dtype)
+    n_structures = graph.cells.shape[0]
+    total = jax.ops.segment_sum(feats * weights[:, None], graph.structure, num_segments=n_structures)
+    count = jax.ops.segment_sum(weights, graph.structure, num_segments=n_structures)
+    return total / jnp.maximum(count, 1.0)[:, None]

@@ -21,17 +21,17 @@ class StructureArrays:
     pbc: np.ndarray
     numbers: np.ndarray
     species: np.ndarray
-    idx_i: np.ndarray
-    idx_j: np.ndarray
-    shifts: np.ndarray
+    neighbors: np.ndarray  # (n, k) local indices
+    shifts: np.ndarray  # (n, k, 3)
+    pair_mask: np.ndarray  # (n, k)
 
     @property
     def n_atoms(self) -> int:
         return len(self.numbers)
 
     @property
-    def n_pairs(self) -> int:
-        return len(self.idx_i)
+    def max_neighbors(self) -> int:
+        return int(self.pair_mask.sum(axis=1).max(initial=0))
 
 
 def structure_arrays(atoms: Atoms, species: tuple[int, ...], cutoff: float, where: str = "") -> StructureArrays:
@@ -45,12 +45,10 @@ def structure_arrays(atoms: Atoms, species: tuple[int, ...], cutoff: float, wher
     positions = np.asarray(atoms.positions, dtype=float)
     if not np.all(np.isfinite(positions)):
         raise ValueError(f"structure{where} has non-finite positions")
-    _, nbrs = neighbors.allocate(positions, cell, pbc, cutoff)
-    mask = np.asarray(nbrs.mask)
+    spec, nbrs = neighbors.allocate(positions, cell, pbc, cutoff, capacity_factor=1.0)
     return StructureArrays(
         positions=positions, cell=cell, pbc=pbc, numbers=numbers.astype(np.int32), species=index,
-        idx_i=np.asarray(nbrs.idx_i)[mask], idx_j=np.asarray(nbrs.idx_j)[mask],
-        shifts=np.asarray(nbrs.shifts)[mask],
+        neighbors=nbrs.idx, shifts=nbrs.shifts, pair_mask=nbrs.mask,
     )
 
 
@@ -58,19 +56,19 @@ def round_up(n: int, multiple: int) -> int:
     return int(math.ceil(max(n, 1) / multiple) * multiple)
 
 
-def collate(items: list[StructureArrays], n_atoms: int | None = None, n_pairs: int | None = None,
+def collate(items: list[StructureArrays], n_atoms: int | None = None, n_neighbors: int | None = None,
             n_structures: int | None = None) -> Graph:
     """Concatenate structures into one padded :class:`Graph` (numpy arrays).
 
-    Padding atoms (mask False) go to the last structure slot; padded pairs point at the last
-    atom. Sizes default to the exact totals (+1 atom so padded pairs never touch a real atom).
+    Padding atoms (mask False) go to the last structure slot and have no neighbours. Sizes
+    default to the exact totals.
     """
     total_atoms = sum(s.n_atoms for s in items)
-    total_pairs = sum(s.n_pairs for s in items)
-    n_atoms = n_atoms or total_atoms + 1
-    n_pairs = n_pairs or max(total_pairs, 1)
+    max_nb = max(s.max_neighbors for s in items)
+    n_atoms = n_atoms or total_atoms
+    n_neighbors = n_neighbors or max(max_nb, 1)
     n_structures = n_structures or len(items)
-    if total_atoms > n_atoms or total_pairs > n_pairs or len(items) > n_structures:
+    if total_atoms > n_atoms or max_nb > n_neighbors or len(items) > n_structures:
         raise ValueError("batch does not fit its padding")
 
     positions = np.zeros((n_atoms, 3))
@@ -79,24 +77,23 @@ def collate(items: list[StructureArrays], n_atoms: int | None = None, n_pairs: i
     numbers = np.ones(n_atoms, np.int32)
     atom_mask = np.zeros(n_atoms, bool)
     structure = np.full(n_atoms, n_structures - 1, np.int32)
-    idx_i = np.full(n_pairs, n_atoms - 1, np.int32)
-    idx_j = np.full(n_pairs, n_atoms - 1, np.int32)
-    shifts = np.zeros((n_pairs, 3))
-    pair_mask = np.zeros(n_pairs, bool)
+    nbr = np.broadcast_to(np.arange(n_atoms, dtype=np.int32)[:, None], (n_atoms, n_neighbors)).copy()
+    shifts = np.zeros((n_atoms, n_neighbors, 3))
+    pair_mask = np.zeros((n_atoms, n_neighbors), bool)
 
-    a = p = 0
+    a = 0
     for b, s in enumerate(items):
-        na, npair = s.n_atoms, s.n_pairs
+        na = s.n_atoms
+        k = min(s.neighbors.shape[1], n_neighbors)
         positions[a:a + na] = s.positions
         cells[b] = s.cell
         species[a:a + na] = s.species
         numbers[a:a + na] = s.numbers
         atom_mask[a:a + na] = True
         structure[a:a + na] = b
-        idx_i[p:p + npair] = s.idx_i + a
-        idx_j[p:p + npair] = s.idx_j + a
-        shifts[p:p + npair] = s.shifts
-        pair_mask[p:p + npair] = True
+        # rows are packed from slot 0, so slots beyond max_neighbors are padding
+        nbr[a:a + na, :k] = np.where(s.pair_mask[:, :k], s.neighbors[:, :k] + a, nbr[a:a + na, :k])
+        shifts[a:a + na, :k] = s.shifts[:, :k]
+        pair_mask[a:a + na, :k] = s.pair_mask[:, :k]
         a += na
-        p += npair
-    return Graph(positions, cells, species, numbers, atom_mask, structure, idx_i, idx_j, shifts, pair_mask)
+    return Graph(positions, cells, species, numbers, atom_mask, structure, nbr, shifts, pair_mask)

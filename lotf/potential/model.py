@@ -119,7 +119,8 @@ class Graph(NamedTuple):
     """One or more structures concatenated into padded arrays.
 
     ``species`` indexes ``ModelConfig.species``; padded atoms have ``atom_mask`` False and belong
-    to the last structure slot; padded pairs have ``pair_mask`` False.
+    to the last structure slot. Neighbours are stored per row atom (see neighbors.py); padded
+    slots have ``pair_mask`` False.
     """
 
     positions: jax.Array  # (N, 3) float64
@@ -128,10 +129,9 @@ class Graph(NamedTuple):
     numbers: jax.Array  # (N,) int32 atomic numbers (ZBL needs the charges)
     atom_mask: jax.Array  # (N,) bool
     structure: jax.Array  # (N,) int32 in [0, B)
-    idx_i: jax.Array  # (P,) int32, sorted
-    idx_j: jax.Array  # (P,)
-    shifts: jax.Array  # (P, 3)
-    pair_mask: jax.Array  # (P,) bool
+    neighbors: jax.Array  # (N, K) int32 neighbour atoms of each row atom
+    shifts: jax.Array  # (N, K, 3) integer image shifts
+    pair_mask: jax.Array  # (N, K) bool
 
 
 def _uniform_symmetric(key, shape, dtype=jnp.float32):
@@ -148,23 +148,22 @@ class GMNN(nn.Module):
         cfg = self.config
         dtype = cfg.jnp_dtype
         n_species = max(len(cfg.species), 1)
-        n_atoms = graph.positions.shape[0]
 
-        vec, dist = gm.pair_geometry(graph.positions, graph.cells, graph.structure, graph.idx_i,
-                                     graph.idx_j, graph.shifts, graph.pair_mask)
-        unit = (vec / dist[:, None]).astype(dtype)
+        vec, dist = gm.pair_geometry(graph)
+        unit = (vec / dist[..., None]).astype(dtype)
         dist = dist.astype(dtype)
         if cfg.basis == "gaussian":
             basis = gm.gaussian_basis(dist, cfg.n_basis, cfg.r_min, cfg.r_max)
         else:
             basis = gm.bessel_basis(dist, cfg.n_basis, cfg.r_max)
-        # element-pair contraction of the basis: c[Z_centre, Z_neighbour, r, k]
+        basis = basis * (gm.cosine_cutoff(dist, cfg.r_max) * graph.pair_mask / np.sqrt(cfg.n_basis))[..., None]
+        # element-pair contraction c[Z_centre, Z_neighbour, r, k]: one-hot neighbour species and
+        # the centre's coefficient block, so the neighbour sum stays a batched matmul
         coeffs = self.param("embedding", _uniform_symmetric,
                             (n_species, n_species, cfg.n_radial, cfg.n_basis), dtype)
-        pair_coeffs = coeffs[graph.species[graph.idx_i], graph.species[graph.idx_j]]  # (P, R, K)
-        cutoff = gm.cosine_cutoff(dist, cfg.r_max) * graph.pair_mask.astype(dtype)
-        radial = jnp.einsum("prk,pk->pr", pair_coeffs, basis) * (cutoff / np.sqrt(cfg.n_basis))[:, None]
-        features = gm.contract(*gm.moments(radial, unit, graph.idx_i, n_atoms), cfg.contractions)
+        neighbour_species = jax.nn.one_hot(graph.species[graph.neighbors], n_species, dtype=dtype)  # (N, K, S)
+        radial = jnp.einsum("nks,nkb,nsrb->nkr", neighbour_species, basis, coeffs[graph.species])
+        features = gm.contract(*gm.moments(radial, unit), cfg.contractions)
 
         act = ACTIVATIONS[cfg.activation]
         h = features
@@ -178,20 +177,18 @@ class GMNN(nn.Module):
         return energies * graph.atom_mask[:, None]
 
 
-def zbl_pair_energies(graph: Graph, cutoff: float) -> jax.Array:
+def zbl_atom_energies(graph: Graph, cutoff: float) -> jax.Array:
     """Physical ZBL screened nuclear repulsion per atom (half of every pair to each atom)."""
-    vec, dist = gm.pair_geometry(graph.positions, graph.cells, graph.structure, graph.idx_i,
-                                 graph.idx_j, graph.shifts, graph.pair_mask)
-    zi = graph.numbers[graph.idx_i].astype(jnp.float64)
-    zj = graph.numbers[graph.idx_j].astype(jnp.float64)
+    _, dist = gm.pair_geometry(graph)
+    zi = graph.numbers.astype(jnp.float64)[:, None]
+    zj = graph.numbers[graph.neighbors].astype(jnp.float64)
     a = 0.46850 / (zi**0.23 + zj**0.23)
     r = jnp.maximum(dist, 1e-2)
     x = r / a
     phi = sum(c * jnp.exp(-d * x) for c, d in zip(ZBL_COEFFICIENTS, ZBL_EXPONENTS))
     within = graph.pair_mask & (dist < cutoff)
     pair = jnp.where(within, COULOMB_EV_A * zi * zj / r * phi * gm.cosine_cutoff(r, cutoff), 0.0)
-    return 0.5 * jax.ops.segment_sum(pair, graph.idx_i, num_segments=graph.positions.shape[0],
-                                     indices_are_sorted=True)
+    return 0.5 * jnp.sum(pair, axis=1)
 
 
 class Model:
@@ -215,7 +212,7 @@ class Model:
         else:
             energies = self.network.apply({"params": params}, graph)
         if self.config.zbl:
-            energies = energies + zbl_pair_energies(graph, self.config.zbl_cutoff)[:, None]
+            energies = energies + zbl_atom_energies(graph, self.config.zbl_cutoff)[:, None]
         return energies
 
     def structure_energies(self, params: dict, graph: Graph) -> jax.Array:

@@ -61,14 +61,16 @@ def make_predict(terms: Sequence[EnergyFn], *, members: bool, ddof: int = 0) -> 
         strain = jnp.zeros_like(g0.cells)
         vol = volumes(g0.cells)
         if members:
-            e_members = energy(params, positions, strain, graphs)  # (B, M)
-            jac = jax.jacrev(lambda r, s: energy(params, r, s, graphs).sum(axis=0), argnums=(0, 1))
-            d_pos, d_strain = jac(positions, strain)  # (M, N, 3), (M, B, 3, 3)
+            e_members, vjp = jax.vjp(lambda r, s: energy(params, r, s, graphs), positions, strain)  # (B, M)
+            m = e_members.shape[1]
+            # one reverse pass per member, unrolled: vmapping the VJP (jacrev) was ~2x slower on CPU
+            grads = [vjp(jnp.zeros_like(e_members).at[:, k].set(1.0)) for k in range(m)]
+            d_pos = jnp.stack([g[0] for g in grads])  # (M, N, 3)
+            d_strain = jnp.stack([g[1] for g in grads])  # (M, B, 3, 3)
             f_members = -d_pos
             e_mean = jnp.mean(e_members, axis=1)
             forces = jnp.mean(f_members, axis=0)
             virial = jnp.mean(d_strain, axis=0)
-            m = e_members.shape[1]
             out = {"energy": e_mean, "forces": forces, "energy_ensemble": e_members,
                    "forces_ensemble": jnp.moveaxis(f_members, 0, -1)}
             if m > 1:

@@ -1,0 +1,151 @@
+"""Benchmarks behind ``lotf bench``: each returns a JSON-serialisable dict (no assertions)."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from lotf.potential.calculator import LotfCalculator, gmnn_term
+from lotf.potential.graph import collate, structure_arrays
+from lotf.potential.model import Model, ModelConfig
+
+BMIM_SMILES = "CCCCn1cc[n+](C)c1"
+BF4_SMILES = "F[B-](F)(F)F"
+
+
+def _molecule(smiles: str, seed: int) -> Atoms:
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    AllChem.EmbedMolecule(mol, randomSeed=seed)
+    AllChem.MMFFOptimizeMolecule(mol) if AllChem.MMFFHasAllMoleculeParams(mol) else AllChem.UFFOptimizeMolecule(mol)
+    pos = mol.GetConformer().GetPositions()
+    return Atoms([a.GetSymbol() for a in mol.GetAtoms()], positions=pos - pos.mean(0))
+
+
+def bmim_bf4_box(n_pairs: int = 10, density: float = 1.21, seed: int = 0) -> Atoms:
+    """Ion pairs on a jittered lattice with random orientations at the given density (g/cm³).
+
+    A quick stand-in for a Packmol box for timing: same composition, density and neighbour counts.
+    """
+    rng = np.random.default_rng(seed)
+    cation, anion = _molecule(BMIM_SMILES, seed), _molecule(BF4_SMILES, seed)
+    mass = n_pairs * (cation.get_masses().sum() + anion.get_masses().sum())
+    length = (mass / 0.6022140857 / density) ** (1 / 3)
+    sites = int(np.ceil((2 * n_pairs) ** (1 / 3)))
+    grid = np.array([(i, j, k) for i in range(sites) for j in range(sites) for k in range(sites)], float)
+    grid = grid[rng.permutation(len(grid))[: 2 * n_pairs]]
+    box = Atoms(cell=[length] * 3, pbc=True)
+    for n, site in enumerate(grid):
+        mol = (cation if n % 2 == 0 else anion).copy()
+        mol.rotate(rng.uniform(0, 360), rng.normal(size=3), center=(0, 0, 0))
+        mol.translate((site + 0.5 + rng.uniform(-0.1, 0.1, 3)) * length / sites)
+        box += mol
+    box.wrap()
+    return box
+
+
+def measured_peak_gflops(n: int = 1024, repeats: int = 10) -> float:
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def network_flops(config: ModelConfig, n_atoms: int, n_pairs: int, reverse_passes: int) -> float:
+    """Useful floating-point work of one call: forward plus ``reverse_passes`` reverse passes.
+
+    Counts the multiply-adds of the MLP (reverse pass w.r.t. inputs ≈ forward) and of the pair
+    work (radial contraction K->R and the 20 angular moments per pair, reverse ≈ 2x forward).
+    """
+    widths = [config.n_features, *config.hidden, config.heads]
+    mlp = sum(2 * a * b for a, b in zip(widths[:-1], widths[1:])) * n_atoms
+    pair = (2 * config.n_basis * config.n_radial + 2 * config.n_radial * 20) * n_pairs
+    return (mlp + pair) * (1 + reverse_passes) + 2 * pair * reverse_passes
+
+
+def _time_calls(calc, atoms, repeats: int) -> tuple[float, float]:
+    rng = np.random.default_rng(1)
+    t = time.perf_counter()
+    calc.calculate(atoms, ["energy", "forces"])
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        atoms.positions += rng.normal(scale=1e-3, size=atoms.positions.shape)  # below the skin
+        t = time.perf_counter()
+        calc.calculate(atoms, ["energy", "forces"])
+        times.append(time.perf_counter() - t)
+    return first, float(np.median(times))
+
+
+def potential_benchmark(quick: bool = False) -> dict:
+    """Seed-1 hyperparameters, 2-member ensemble, BMIM-BF4 boxes of 300 ... 4800 atoms."""
+    sizes = [10, 20, 40] if quick else [10, 20, 40, 80, 160]
+    repeats = 3 if quick else 10
+    base = bmim_bf4_box(10)
+    species = tuple(sorted(set(base.numbers)))
+    out = {"atoms": [], "ms_per_call": [], "ms_per_call_mean_only": [], "ensemble": "shallow", "n_members": 2}
+    config = ModelConfig(species=species, n_members=2, ensemble="shallow")
+    model = Model(config)
+    g = jax.tree_util.tree_map(jnp.asarray, collate([structure_arrays(base, species, config.r_max)]))
+    params = model.init(jax.random.PRNGKey(0), g)
+    for n_pairs in sizes:
+        atoms = bmim_bf4_box(n_pairs, seed=n_pairs)
+        calc = LotfCalculator([gmnn_term(model, params)], species, members=True)
+        first, ms = _time_calls(calc, atoms, repeats)
+        mean_calc = LotfCalculator([gmnn_term(model, params)], species, members=False)
+        _, ms_mean = _time_calls(mean_calc, atoms, repeats)
+        out["atoms"].append(len(atoms))
+        out["ms_per_call"].append(1e3 * ms)
+        out["ms_per_call_mean_only"].append(1e3 * ms_mean)
+        if n_pairs == 10:
+            out["compile_s"] = first - ms
+            nbrs = calc._lists[0].nbrs
+            n_real_pairs = int(np.asarray(nbrs.mask).sum())
+            peak = measured_peak_gflops()
+            flops = network_flops(config, len(atoms), n_real_pairs, reverse_passes=2)
+            out["peak_gflops"] = peak
+            out["gflop_per_call"] = flops / 1e9
+            out["flop_floor_ms"] = flops / (peak * 1e9) * 1e3
+            out["pairs_300"] = n_real_pairs
+    per_atom = np.array(out["ms_per_call"]) / np.array(out["atoms"])
+    out["time_per_atom_growth"] = float(per_atom[-1] / per_atom[0])
+    out["ratio_to_floor_300"] = out["ms_per_call"][0] / out["flop_floor_ms"]
+    out["train_structures_per_s"] = _training_rate(base, quick)
+    out["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _training_rate(base: Atoms, quick: bool) -> float:
+    """Structures per second of the jitted training step (seed-1 model, batch size 4)."""
+    from lotf.training.config import TrainConfig
+    from lotf.training.trainer import train
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(8):
+        a = base.copy()
+        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
+        a.calc = SinglePointCalculator(a, energy=float(rng.normal()), forces=rng.normal(size=(len(a), 3)),
+                                       stress=rng.normal(scale=1e-3, size=6))
+        frames.append(a)
+    import tempfile
+
+    epochs = 2 if quick else 3
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(frames, frames[:4], {"n_members": 2, "ensemble": "full"},
+                       TrainConfig(epochs=epochs, batch_size=4, progress=False), tmp)
+    steady = [row["seconds"] for row in result.history[1:]]
+    return len(frames) / float(np.mean(steady))

@@ -1,0 +1,130 @@
+"""The ``lotf`` command. Errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Learning-on-the-fly of machine-learned interatomic potentials.")
+bench_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="Benchmarks; each prints one JSON object.")
+app.add_typer(bench_app, name="bench")
+
+
+def read_frames(path: str | Path) -> list:
+    """Any ASE-readable file, or H5MD (.h5/.h5md) through znh5md."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix in (".h5", ".h5md"):
+        import znh5md
+
+        return list(znh5md.IO(str(path))[:])
+    import ase.io
+
+    return list(ase.io.iread(str(path), index=":"))
+
+
+def write_frames(path: str | Path, frames: list) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".h5", ".h5md"):
+        import znh5md
+
+        if path.exists():
+            path.unlink()
+        znh5md.IO(str(path)).extend(frames)
+    else:
+        import ase.io
+
+        ase.io.write(str(path), frames)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="preset YAML with 'model:' and 'training:' sections, or a name in models/"),
+    train_file: Path = typer.Option(..., "--train", help="labelled training structures (any ASE-readable file)"),
+    val_file: Path = typer.Option(..., "--val", help="labelled validation structures"),
+    out: Path = typer.Option(..., "--out", help="model directory to write"),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="warm start from this model directory"),
+    epochs: Optional[int] = typer.Option(None, help="override training.epochs"),
+):
+    """Train a GMNN (ensemble) and write a model directory."""
+    from lotf.training.config import load_preset
+    from lotf.training.trainer import train as run_training
+
+    overrides = {"training": {"epochs": epochs}} if epochs else None
+    model_cfg, train_cfg = load_preset(str(config), overrides)
+    result = run_training(read_frames(train_file), read_frames(val_file), model_cfg, train_cfg, out,
+                          init_from=init_from)
+    typer.echo(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("val_")}, indent=1))
+
+
+@app.command()
+def predict(model_dir: Path, inp: Path, out: Path):
+    """Predict energies, forces (and stress, uncertainties) for every structure of INP into OUT."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    import lotf
+
+    calc = lotf.load_calculator(model_dir)
+    frames = read_frames(inp)
+    results = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        calc.calculate(atoms, properties=["energy", "forces"])
+        res = dict(calc.results)
+        keep = {k: res[k] for k in ("energy", "forces", "stress") if k in res}
+        atoms.calc = SinglePointCalculator(atoms, **keep)
+        for key in ("energy_uncertainty", "energy_ensemble"):
+            if key in res:
+                atoms.info[key] = res[key]
+        if "forces_uncertainty" in res:
+            atoms.arrays["forces_uncertainty"] = res["forces_uncertainty"]
+        results.append(atoms)
+    write_frames(out, results)
+    typer.echo(f"wrote {len(results)} structures to {out}")
+
+
+@app.command()
+def label(settings: Path, inp: Path, out: Path,
+          n_ranks: int = typer.Option(1, help="MPI ranks per CP2K run"),
+          n_threads: int = typer.Option(1, help="OpenMP threads per rank")):
+    """Label every structure of INP with CP2K single points (resumable) into OUT."""
+    from lotf.reference.labelling import label_file
+
+    report = label_file(settings, inp, out, n_ranks=n_ranks, n_threads=n_threads)
+    typer.echo(str(report))
+
+
+@bench_app.command("potential")
+def bench_potential(quick: bool = typer.Option(False, help="fewer sizes and repeats")):
+    """GMNN energy+forces call time vs system size, FLOP floor, compile time, memory, training rate."""
+    from lotf.bench import potential_benchmark
+
+    typer.echo(json.dumps(potential_benchmark(quick=quick)))
+
+
+@app.command()
+def demo(directory: Path = typer.Argument(Path("lotf-demo"), help="working directory for the demo")):
+    """Train a small ensemble and predict with it (the full campaign demo replaces this)."""
+    from lotf.demo import run_demo
+
+    run_demo(directory)
+
+
+def main() -> None:
+    try:
+        app()
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

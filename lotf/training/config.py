@@ -1,0 +1,107 @@
+"""Training configuration and presets (YAML with ``model:`` and ``training:`` sections)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lotf.potential.model import ConfigError, ModelConfig
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "models"
+
+
+def _check_keys(data: dict, cls, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+
+
+@dataclass
+class LossTerm:
+    kind: str = "mse"  # mse | nll | huber
+    weight: float = 1.0
+    delta: float = 1.0  # huber only
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Defaults are seed 1 (BMIM-BF4, eq. 7 and the learning rates)."""
+
+    epochs: int = 500
+    batch_size: int = 4
+    seed: int = 0
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0
+    lr_embedding: float = 0.01
+    lr_network: float = 0.005
+    lr_scale: float = 0.001
+    lr_shift: float = 0.05
+    schedule: str = "linear"  # linear | cyclic_cosine | constant
+    end_fraction: float = 1e-3  # linear: final lr / initial lr
+    period: int = 40  # cyclic_cosine: epochs per cycle
+    decay_factor: float = 0.93  # cyclic_cosine: amplitude decay per cycle
+    gradient_clip: float = 1000.0  # global-norm clip; 0 disables
+    energy_loss: LossTerm = field(default_factory=lambda: LossTerm("mse", 1.0))
+    forces_loss: LossTerm = field(default_factory=lambda: LossTerm("mse", 4.0))
+    stress_loss: LossTerm = field(default_factory=lambda: LossTerm("mse", 0.2))
+    shift_regularisation: float = 1.0
+    patience: int = 0  # stop after this many epochs without improvement; 0 disables
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("energy_loss", "forces_loss", "stress_loss"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                _check_keys(value, LossTerm, f"training config '{name}'")
+                value = LossTerm(**value)
+                setattr(self, name, value)
+            if value.kind not in ("mse", "nll", "huber"):
+                raise ConfigError(f"training config: '{name}.kind' must be mse, nll or huber (got {value.kind!r})")
+        checks = [
+            ("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
+            ("optimizer", self.optimizer in ("adam", "adamw")),
+            ("schedule", self.schedule in ("linear", "cyclic_cosine", "constant")),
+            ("period", self.period >= 1), ("gradient_clip", self.gradient_clip >= 0),
+        ]
+        for key, ok in checks:
+            if not ok:
+                raise ConfigError(f"training config: invalid value for '{key}': {getattr(self, key)!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        _check_keys(data, cls, "training config")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_preset(path_or_name: str | Path, overrides: dict | None = None) -> tuple[dict, TrainConfig]:
+    """Read a preset; returns (model config dict without species, TrainConfig).
+
+    ``path_or_name`` is a YAML path or the stem of a file in ``models/``. ``overrides`` is
+    ``{"model": {...}, "training": {...}}`` merged on top (unknown keys fail).
+    """
+    path = Path(path_or_name)
+    if not path.suffix and not path.exists():
+        path = PRESET_DIR / f"{path_or_name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"model preset not found: {path_or_name}")
+    data = yaml.safe_load(path.read_text()) or {}
+    for key in data:
+        if key not in ("model", "training"):
+            raise ConfigError(f"{path}: unknown section '{key}' (expected 'model' and 'training')")
+    model = dict(data.get("model") or {})
+    training = dict(data.get("training") or {})
+    for key in overrides or {}:
+        if key not in ("model", "training"):
+            raise ConfigError(f"overrides: unknown section '{key}'")
+    model.update((overrides or {}).get("model") or {})
+    training.update((overrides or {}).get("training") or {})
+    ModelConfig.from_dict(model)  # validate keys now, before any compute
+    return model, TrainConfig.from_dict(training)

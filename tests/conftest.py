@@ -1,0 +1,5 @@
+import os
+
+os.environ.setdefault("LOTF_CP2K_STORE", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "cp2k-store"))
+
+import lotf  # noqa: E402,F401  (enables float64 in JAX before any test builds arrays)
