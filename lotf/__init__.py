@@ -12,6 +12,13 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+# Persistent XLA compilation cache: the second run of the same model/shape skips compilation
+# (tens of seconds on CPU). LOTF_JAX_CACHE="" disables it.
+_cache = os.environ.get("LOTF_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lotf", "jax"))
+if _cache:
+    jax.config.update("jax_compilation_cache_dir", _cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
 __version__ = "0.1.0"
 
 

@@ -1,0 +1,6 @@
+"""ZnTrack nodes: thin wrappers over the library (parameters in, files out)."""
+
+from lotf.nodes.frames import LoadFrames
+from lotf.nodes.train import TrainModel
+
+__all__ = ["LoadFrames", "TrainModel"]
