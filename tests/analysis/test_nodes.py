@@ -1,0 +1,247 @@
+"""The analysis nodes run on small synthetic inputs and write their files (no DVC run)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import types
+
+import ase
+import numpy as np
+import pandas as pd
+import pytest
+import znh5md
+import zntrack
+from ase.calculators.lj import LennardJones
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from lotf.nodes import analysis as nodes
+
+BF4 = np.array(
+    [
+        [0, 0, 0],
+        [0.81, 0.81, 0.81],
+        [-0.81, -0.81, 0.81],
+        [-0.81, 0.81, -0.81],
+        [0.81, -0.81, -0.81],
+    ]
+)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def bf4_liquid(n_frames=120, seed=0, box=9.0, npt=False):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[2, 2, 2], [6.5, 6.5, 2], [2, 6.5, 6.5], [6.5, 2, 6.5]], float)
+    walk = np.cumsum(rng.normal(scale=0.15, size=(n_frames, 4, 3)), axis=0)
+    frames = []
+    for t in range(n_frames):
+        L = box * (1.0 + (0.01 * np.sin(t) if npt else 0.0))
+        pos = np.concatenate([BF4 + c + w for c, w in zip(centres, walk[t])]) * (L / box)
+        a = ase.Atoms("BF4" * 4, positions=pos, cell=[L] * 3, pbc=True)
+        a.wrap()
+        frames.append(a)
+    return frames
+
+
+def test_resolve_source(workdir):
+    frames = bf4_liquid(3)
+    znh5md.IO("t.h5").extend(frames)
+    assert nodes.resolve_source(types.SimpleNamespace(traj_file="t.h5")).name == "t.h5"
+    (workdir / "frames").mkdir()
+    znh5md.IO("frames/a.h5").extend(frames)
+    assert (
+        nodes.resolve_source(types.SimpleNamespace(frames_path=workdir / "frames")).name == "a.h5"
+    )
+    assert nodes.resolve_source(types.SimpleNamespace(frames=frames)) is not None
+    with pytest.raises(TypeError, match="neither a trajectory file"):
+        nodes.resolve_source(object())
+
+
+def test_rdf_diffusion_density_nodes(workdir):
+    frames = bf4_liquid()
+    znh5md.IO("traj.h5", timestep=5.0).extend(frames)
+    data = types.SimpleNamespace(traj_file="traj.h5")
+    npt = bf4_liquid(npt=True)
+    znh5md.IO("npt.h5", timestep=5.0).extend(npt)
+
+    rdf = nodes.RDF(data=data, n_bins=30, pairs=["B-B", "B-F"])
+    rdf.run()
+    rdf.save()  # what `zntrack run` does after run(): writes plots and metrics
+    df = pd.read_csv(rdf.nwd / "rdf.csv")
+    assert (
+        list(df.columns) == ["r", "B-B", "B-F", "F-F", "total"] and rdf.figure.stat().st_size > 1000
+    )
+    assert set(rdf.metrics["first_peak_A"]) == {"B-B", "B-F"}
+    assert rdf.metrics["first_peak_A"]["B-F"] == pytest.approx(1.4, abs=0.1)  # B-F bond
+
+    diff = nodes.Diffusion(
+        data=data, max_lag_ps=0.1, n_blocks=2, temperature=300.0, viscosity_mpas=1.0
+    )
+    diff.run()
+    assert set(diff.metrics) >= {"B", "F", "com:BF4", "box_length_A"}
+    m = diff.metrics["com:BF4"]
+    # rigid molecules: the COM and the B atom (at the COM) diffuse identically
+    assert m["D_A2_per_ns"] == pytest.approx(diff.metrics["B"]["D_A2_per_ns"], rel=1e-6)
+    assert m["D_yeh_hummer_A2_per_ns"] > m["D_A2_per_ns"]
+    assert "com:BF4" in pd.read_csv(diff.msd_file).columns
+
+    dens = nodes.Density(data=types.SimpleNamespace(traj_file="npt.h5"), temperature=298.15)
+    dens.run()
+    dens.save()
+    mass = npt[0].get_masses().sum()
+    expected = np.mean([mass / a.get_volume() * 1.66053906660 for a in npt])
+    assert dens.metrics["density_g_cm3"] == pytest.approx(expected, rel=1e-8)
+    assert dens.metrics["experimental_g_cm3"] == pytest.approx(1.2012, abs=1e-3)
+    assert len(pd.read_csv(dens.nwd / "density.csv")) == len(npt)
+
+
+def test_box_size_and_arrhenius_nodes(workdir):
+    def fake(name, L, T, D):
+        return types.SimpleNamespace(
+            name=name,
+            metrics={
+                "box_length_A": L,
+                "temperature_K": T,
+                "B": {"D_A2_per_ns": D, "D_sem_A2_per_ns": 1.0},
+            },
+        )
+
+    ext = nodes.BoxSizeExtrapolation(
+        diffusions=[
+            fake("a", 16.0, 353.0, 80.0),
+            fake("b", 20.0, 353.0, 84.0),
+            fake("c", 25.0, 353.0, 87.2),
+        ],
+        group="B",
+        temperature=353.0,
+    )
+    ext.run()
+    assert ext.metrics["D_inf_A2_per_ns"] > 87.2 and ext.metrics["viscosity_mPa_s"] > 0
+    arr = nodes.ArrheniusPlot(
+        diffusions=[
+            fake("a", 16.0, 283.0, 5.0),
+            fake("b", 16.0, 313.0, 25.0),
+            fake("c", 16.0, 353.0, 100.0),
+        ],
+        groups=["B"],
+        experimental={"B": "BF4-"},
+    )
+    arr.run()
+    assert 20.0 < arr.metrics["B"]["Ea_kJ_mol"] < 60.0
+    assert arr.figure.stat().st_size > 1000
+
+
+def test_dihedrals_node(workdir):
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCCCN1C=C[N+](=C1)C"))
+    AllChem.EmbedMolecule(mol, randomSeed=1)
+    base = ase.Atoms(
+        [a.GetSymbol() for a in mol.GetAtoms()],
+        positions=mol.GetConformer().GetPositions(),
+        cell=[20.0] * 3,
+        pbc=True,
+    )
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(40):
+        a = base.copy()
+        a.positions += rng.normal(scale=0.02, size=a.positions.shape)
+        frames.append(a)
+    node = nodes.Dihedrals(
+        data=types.SimpleNamespace(frames=frames),
+        timestep_fs=10.0,
+        windows_ps=[[0.0, 0.2], [0.0, 0.4]],
+    )
+    node.run()
+    assert node.metrics["C1-C2-C3-C4"] == [20, 40]
+    assert set(pd.read_csv(node.hist_file)["dihedral"]) == {
+        "C2-N1-C1-C2'",
+        "N1-C1-C2-C3",
+        "C1-C2-C3-C4",
+    }
+
+
+def test_prediction_metrics_node(workdir):
+    rng = np.random.default_rng(0)
+    ref = []
+    for _ in range(4):
+        grid = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)]) * 3.7
+        a = ase.Atoms(
+            "Ar8", positions=grid + rng.normal(scale=0.15, size=(8, 3)), cell=[7.4] * 3, pbc=True
+        )
+        a.calc = LennardJones(sigma=3.4, epsilon=0.0104, rc=6.0)
+        res = {k: a.calc.get_property(k, a) for k in ("energy", "forces", "stress")}
+        a.calc = SinglePointCalculator(a, **res)
+        ref.append(a)
+    model = types.SimpleNamespace(
+        get_calculator=lambda: LennardJones(sigma=3.4, epsilon=0.0110, rc=6.0)
+    )
+    node = nodes.PredictionMetrics(
+        data=types.SimpleNamespace(frames=ref), model=model, decompose_forces=True
+    )
+    node.run()
+    m = node.metrics
+    assert m["energy"]["mae"] > 0 and m["forces"]["mae"] > 0 and "stress" in m
+    # single atoms: all of the force is translational
+    assert m["forces_decomposed"]["translational"]["mae"] == pytest.approx(m["forces"]["mae"])
+    assert (node.figures / "forces.png").exists() and (node.figures / "stress.png").exists()
+
+
+def test_exploration_node(workdir):
+    runs = [
+        types.SimpleNamespace(name=n, frames=bf4_liquid(60, seed=s))
+        for n, s in (("md", 0), ("erbs", 1))
+    ]
+    model = types.SimpleNamespace(
+        get_descriptor=lambda: lambda atoms: np.c_[atoms.positions, atoms.positions**2]
+    )
+    node = nodes.ExplorationMetrics(
+        data=runs,
+        model=model,
+        timestep_fs=1.0,
+        descriptor_stride=5,
+        phi_atoms=[1, 0, 2, 3],
+        psi_atoms=[6, 5, 7, 8],
+    )
+    node.run()
+    m = node.metrics
+    assert m["md"]["max_com_msd_A2"] > 0 and "pca_variance" in m["erbs"]
+    assert 0 < m["md"]["phi_psi_coverage"] <= 1
+    assert (node.figures / "pca.png").exists()
+
+
+class TrajSource(zntrack.Node):
+    """Stand-in for an MD node that writes a trajectory file."""
+
+    traj_file: pathlib.Path = zntrack.outs_path(zntrack.nwd / "traj.h5")
+
+    def run(self) -> None:
+        pass
+
+
+def test_nodes_build_into_a_dvc_pipeline(workdir):
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
+
+    with zntrack.Project() as project:
+        src = TrajSource()
+        nodes.RDF(data=src, pairs=["B-B"])
+        nodes.Diffusion(data=src, groups=["B", "com:BF4"], fit_window_ps=[1.0, 5.0])
+        nodes.Density(data=src, n_blocks=6)
+        nodes.Dihedrals(data=src, windows_ps=[[0.0, 10.0]])
+    project.build()
+    dvc = (workdir / "dvc.yaml").read_text()
+    for name in ("RDF", "Diffusion", "Density", "Dihedrals"):
+        assert f"{name}:" in dvc
+    assert "rdf.csv" in dvc and "msd.png" in dvc
+    assert "RDF_rdf" in dvc and "Density_density" in dvc  # dvc plots entries
+    params = (workdir / "params.yaml").read_text()
+    assert "fit_window_ps" in params and "com:BF4" in params
+    json.loads((workdir / "zntrack.json").read_text())
