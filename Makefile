@@ -1,28 +1,25 @@
 # All set-up happens here so that `make demo` and `make test` work on a fresh machine.
-# Every step is idempotent: stamps and `command -v` checks make re-runs cheap.
+# Every step is idempotent: it checks before it installs, so re-runs are cheap.
 SHELL := /bin/bash
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
-SYSTEM_STAMP := .venv/.system-packages
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages python-env demo test test-slow bench lint clean
+.PHONY: setup system-packages python-env demo test test-slow bench clean
 
 setup: system-packages python-env
 
-# CP2K and GROMACS come from Debian (DESIGN.md); Packmol comes from PyPI (see pyproject).
+# CP2K and GROMACS come from Debian (DESIGN.md); Packmol comes from PyPI (pyproject.toml),
+# because Debian's Packmol 20.14 rejects the `pbc` keyword that periodic packing needs.
 system-packages:
-	@if ! command -v cp2k.psmp >/dev/null || ! command -v gmx >/dev/null; then \
+	@if ! command -v cp2k.psmp >/dev/null || ! command -v gmx >/dev/null || ! command -v mpirun >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-			cp2k cp2k-data gromacs openmpi-bin git; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq cp2k cp2k-data gromacs openmpi-bin git >/dev/null; \
 	fi
 
-$(UV):
-	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
-
-python-env: $(UV)
-	@$$(command -v uv || echo $(UV)) sync --frozen --quiet
+# uv from PyPI if it is missing, then the locked environment in .venv
+python-env:
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@python3 -m uv sync --frozen --quiet
 
 demo: setup
 	.venv/bin/lotf demo
