@@ -1,0 +1,183 @@
+"""ZnTrack selection nodes: random, MaxDist on last-layer gradients, uncertainty.
+
+Thin wrappers over :mod:`lotf.selection`. Every node takes ``data`` (a list of ``ase.Atoms``,
+e.g. ``other_node.frames``) and writes (IPSuite convention, so splits chain):
+
+* ``selected_ids``: indices into ``data`` in pick order (the first k of a MaxDist run are
+  its k-point selection);
+* ``frames``: the selected structures (``frames.h5``, in pick order);
+* ``excluded_frames``: the rest of ``data`` in its original order (``excluded_frames.h5``),
+  e.g. ``RandomSelection(data=test_split.excluded_frames, ...)`` for the next split.
+
+Both frame lists are stored as H5MD, so downstream nodes never re-read the whole pool.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+from pathlib import Path
+
+import ase
+import numpy as np
+import pandas as pd
+import zntrack
+
+from lotf.nodes.frames import read_h5md, write_h5md
+from lotf.selection import rules
+
+
+class _Selection(zntrack.Node):
+    """Shared outputs of the selection nodes; subclasses implement :meth:`select`."""
+
+    data: list[ase.Atoms] = zntrack.deps()
+
+    selected_ids: list[int] = zntrack.outs(independent=True)
+    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
+    excluded_frames_path: Path = zntrack.outs_path(zntrack.nwd / "excluded_frames.h5")
+    metrics: dict = zntrack.metrics()
+
+    def select(self, frames: list[ase.Atoms]) -> tuple[np.ndarray, dict]:
+        """Indices into ``frames`` in pick order and extra metrics."""
+        raise NotImplementedError
+
+    def run(self) -> None:
+        frames = list(self.data)
+        start = time.perf_counter()
+        ids, extra = self.select(frames)
+        ids = [int(i) for i in ids]
+        chosen = set(ids)
+        write_h5md(self.frames_path, [frames[i] for i in ids])
+        write_h5md(self.excluded_frames_path, [a for i, a in enumerate(frames) if i not in chosen])
+        self.selected_ids = ids
+        self.metrics = {"n_pool": len(frames), "n_selected": len(ids),
+                        "time_s": round(time.perf_counter() - start, 3), **extra}
+
+    @property
+    def frames(self) -> list[ase.Atoms]:
+        """The selected structures, in pick order."""
+        return read_h5md(self, self.frames_path)
+
+    @property
+    def excluded_frames(self) -> list[ase.Atoms]:
+        """The structures of ``data`` that were not selected, in their original order."""
+        return read_h5md(self, self.excluded_frames_path)
+
+
+class RandomSelection(_Selection):
+    """``n_configurations`` structures drawn without replacement with ``seed``."""
+
+    n_configurations: int = zntrack.params()
+    seed: int = zntrack.params(1234)
+
+    def select(self, frames):
+        return rules.random_selection(len(frames), self.n_configurations, self.seed), {}
+
+
+def model_and_params(model: t.Any):
+    """(Model, params) from a model directory, a node with ``model_dir``, or a node whose
+    ``get_calculator()`` returns a lotf calculator; anything else fails with one line."""
+    from lotf.potential.io import load_model
+    from lotf.potential.model import Model
+
+    if isinstance(model, (str, Path)):
+        model_dir = model
+    else:
+        model_dir = getattr(model, "model_dir", None)
+    if model_dir is not None and Path(model_dir).is_dir():
+        loaded, params, _ = load_model(model_dir)
+        return loaded, params
+    if hasattr(model, "get_calculator"):
+        calc = model.get_calculator()
+        term = (getattr(calc, "terms", None) or [None])[0]
+        owner = getattr(getattr(term, "fn", None), "__self__", None)
+        if isinstance(owner, Model):
+            return owner, term.params
+    raise TypeError(f"model: {type(model).__name__} is neither a lotf model directory nor a node with "
+                    "'model_dir' or a lotf 'get_calculator()'")
+
+
+class MaxDistSelection(_Selection):
+    """Greedy MaxDist in the last-layer-gradient feature space of ``model`` (seed 1).
+
+    The first pick is the pool structure farthest from ``train_data``; each later pick is the
+    one farthest from ``train_data`` and every earlier pick (see :mod:`lotf.selection.rules`).
+
+    Attributes:
+        data: the pool.
+        train_data: the current training set (may be empty).
+        model: a training node (``model_dir``), a model directory, or a node whose
+            ``get_calculator()`` is a lotf calculator.
+        n_configurations: structures to pick.
+        batch_size: structures per feature batch (memory, not results).
+    """
+
+    train_data: list[ase.Atoms] = zntrack.deps()
+    model: t.Any = zntrack.deps()
+    n_configurations: int = zntrack.params()
+    batch_size: int = zntrack.params(16)
+
+    distances: pd.DataFrame = zntrack.plots(x="pick", y="distance", x_label="pick",
+                                            y_label="max-min feature distance", title="MaxDist")
+
+    def select(self, frames):
+        from lotf.selection.features import FeatureMap
+
+        rules.check_count(self.n_configurations, len(frames))
+        model, params = model_and_params(self.model)
+        feature_map = FeatureMap(model, params, batch_size=self.batch_size)
+        train = list(self.train_data or [])
+        pool_features = feature_map(frames, desc="pool")
+        train_features = feature_map(train, desc="train") if train else None
+        result = rules.max_dist_selection(pool_features, self.n_configurations, train_features)
+        self.distances = pd.DataFrame({"pick": np.arange(len(result.indices)), "distance": result.distances})
+        return result.indices, {"n_train": len(train), "n_features": feature_map.n_features,
+                                "first_distance": float(result.distances[0]),
+                                "last_distance": float(result.distances[-1])}
+
+
+class UncertaintySelection(_Selection):
+    """The most uncertain structures: top ``n_configurations``, all above ``threshold``, or the
+    top ``n_configurations`` of those above ``threshold``.
+
+    Uncertainties are read from the frames (``calc.results``, ``info`` or ``arrays``) or, with
+    ``model`` (a node with ``get_calculator()`` or ``model_dir``), computed by its calculator.
+    ``key`` is e.g. ``forces_uncertainty`` (per-atom norms, then ``reduction`` max or mean over
+    atoms) or ``energy_uncertainty``.
+    """
+
+    model: t.Any = zntrack.deps(None)
+    key: str = zntrack.params("forces_uncertainty")
+    reduction: str = zntrack.params("max")
+    n_configurations: int | None = zntrack.params(None)
+    threshold: float | None = zntrack.params(None)
+
+    uncertainties: pd.DataFrame = zntrack.plots(x="frame", y="uncertainty", x_label="frame",
+                                                y_label="uncertainty", title="uncertainty")
+
+    def _calculator(self):
+        if self.model is None:
+            return None
+        if hasattr(self.model, "get_calculator"):
+            return self.model.get_calculator()
+        from lotf.potential.io import load_calculator
+
+        return load_calculator(getattr(self.model, "model_dir", self.model))
+
+    def select(self, frames):
+        if self.n_configurations is None and self.threshold is None:
+            raise rules.SelectionError("UncertaintySelection: give n_configurations, threshold or both")
+        if self.n_configurations is not None:
+            rules.check_count(self.n_configurations, len(frames))
+        elif len(frames) == 0:
+            raise rules.SelectionError("cannot select from an empty pool (0 structures)")
+        values = rules.uncertainty_values(frames, self.key, self.reduction, self._calculator())
+        ids = rules.uncertainty_selection(values, self.n_configurations, self.threshold)
+        picked = np.zeros(len(frames), bool)
+        picked[ids] = True
+        self.uncertainties = pd.DataFrame({"frame": np.arange(len(frames)), "uncertainty": values,
+                                           "selected": picked})
+        extra = {"max_uncertainty": float(values.max()), "mean_uncertainty": float(values.mean())}
+        if len(ids):
+            extra["min_selected_uncertainty"] = float(values[ids].min())
+        return ids, extra
