@@ -110,6 +110,16 @@ def bench_potential(quick: bool = typer.Option(False, help="fewer sizes and repe
     typer.echo(json.dumps(potential_benchmark(quick=quick)))
 
 
+@app.command()
+def build(campaigns: list[str] = typer.Argument(None, help="campaigns to build (default: all)"),
+          profile: str = typer.Option("paper", help="paper (the seeds' settings) or smoke (tiny, for CI/demo)")):
+    """Write dvc.yaml, params.yaml and zntrack.json for the campaigns in stages/."""
+    from lotf.build import build as build_campaigns
+
+    names = build_campaigns(campaigns or None, profile)
+    typer.echo(f"built {', '.join(names)} ({profile})")
+
+
 def _load_benchmark(name: str):
     """Benchmarks live in the repository's benchmarks/ folder (scripts that print JSON)."""
     import importlib.util

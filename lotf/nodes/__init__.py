@@ -1,7 +1,9 @@
 """ZnTrack nodes: thin wrappers over the library (parameters in, files out)."""
 
-from lotf.nodes.frames import LoadFrames
+from lotf.nodes.frames import FilterOutliers, LoadFrames, MergeFrames
+from lotf.nodes.label import CP2KLabel
 from lotf.nodes.selection import MaxDistSelection, RandomSelection, UncertaintySelection
 from lotf.nodes.train import TrainModel
 
-__all__ = ["LoadFrames", "MaxDistSelection", "RandomSelection", "TrainModel", "UncertaintySelection"]
+__all__ = ["CP2KLabel", "FilterOutliers", "LoadFrames", "MaxDistSelection", "MergeFrames", "RandomSelection",
+           "TrainModel", "UncertaintySelection"]

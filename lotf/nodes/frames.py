@@ -45,3 +45,56 @@ class LoadFrames(zntrack.Node):
     @property
     def frames(self) -> list[ase.Atoms]:
         return read_h5md(self, self.frames_path)
+
+
+def flatten(data) -> list[ase.Atoms]:
+    """A list of Atoms, or a list of such lists (several ``node.frames`` connections), as one list."""
+    out: list[ase.Atoms] = []
+    for item in data or []:
+        if isinstance(item, ase.Atoms):
+            out.append(item)
+        else:
+            out.extend(item)
+    return out
+
+
+class MergeFrames(zntrack.Node):
+    """Concatenate the frames of several nodes (e.g. last training set + new labels)."""
+
+    data: list = zntrack.deps()
+    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
+    metrics: dict = zntrack.metrics()
+
+    def run(self) -> None:
+        frames = flatten(self.data)
+        write_h5md(self.frames_path, frames)
+        self.metrics = {"n_frames": len(frames)}
+
+    @property
+    def frames(self) -> list[ase.Atoms]:
+        return read_h5md(self, self.frames_path)
+
+
+class FilterOutliers(zntrack.Node):
+    """Drop frames whose energy per atom is more than ``threshold`` standard deviations from the mean."""
+
+    data: list = zntrack.deps()
+    threshold: float = zntrack.params(3.0)
+    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
+    metrics: dict = zntrack.metrics()
+
+    def run(self) -> None:
+        import numpy as np
+
+        frames = flatten(self.data)
+        if not frames:
+            raise ValueError("FilterOutliers: no input frames")
+        e = np.array([a.get_potential_energy() / len(a) for a in frames])
+        z = np.abs(e - e.mean()) / max(e.std(), 1e-12)
+        keep = [a for a, zi in zip(frames, z) if zi <= self.threshold]
+        write_h5md(self.frames_path, keep)
+        self.metrics = {"n_in": len(frames), "n_out": len(keep), "n_removed": len(frames) - len(keep)}
+
+    @property
+    def frames(self) -> list[ase.Atoms]:
+        return read_h5md(self, self.frames_path)

@@ -37,7 +37,9 @@ class TrainModel(zntrack.Node):
         model_cfg, train_cfg = load_preset(self.config, self.overrides)
         train_cfg.progress = True
         init = self.init_from.model_dir if self.init_from is not None else None
-        result = train(list(self.data), list(self.validation_data), model_cfg, train_cfg, self.model_dir,
+        from lotf.nodes.frames import flatten
+
+        result = train(flatten(self.data), flatten(self.validation_data), model_cfg, train_cfg, self.model_dir,
                        init_from=init)
         self.metrics = {k: float(v) for k, v in result.metrics.items()}
         self.learning_curve = pd.DataFrame(result.history)

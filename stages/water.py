@@ -1,0 +1,84 @@
+"""Liquid-water active learning, plain MD vs ERBS (seed 2 §3.2).
+
+Graph: 32 waters packed at 0.997 g/cm³ -> 200 bootstrapped structures -> B0 (10 train / 6
+validation, random) -> B1 (+5 by MaxDist from the bootstrap pool) -> two 10-iteration workflows
+that differ only in the bias: 25 ps at 0.5 fs, Berendsen 500 fs, safe sampling (reset on the
+uncertainty threshold), 4 random validation and 10 MaxDist training points per iteration.
+"""
+
+from __future__ import annotations
+
+import zntrack
+
+from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
+from lotf.nodes.frames import MergeFrames
+from lotf.nodes.seed import Bootstrap, PackBox, SmilesConformers
+from stages.common import CampaignState, check_profile, check_row, learning_step
+
+NAME = "water"
+GROUP = "water"
+# seed 2: "a force uncertainty threshold of 3.0 meV/Å", reset and continue (safe sampling)
+SAFE_SAMPLING = [{"kind": "forces_uncertainty", "threshold": 0.003, "action": "reset"}]
+ERBS = {"method": "erbs", "erbs": {"interval_fs": 5000.0, "barrier": 0.5, "barrier_per_atom": True,
+                                   "bandwidth": 1.0, "n_components": 3}}
+
+
+def sampling(steps: int, rate: int, bias: str, erbs_interval_fs: float) -> dict:
+    base = {"method": "md", "ensemble": "nvt", "thermostat": "berendsen", "tau": 500.0, "temperature": 300.0,
+            "timestep": 0.5, "steps": steps, "sampling_rate": rate, "checks": SAFE_SAMPLING}
+    if bias == "erbs":
+        base.update(ERBS)
+        base["erbs"] = {**ERBS["erbs"], "interval_fs": erbs_interval_fs}
+    return base
+
+
+def iterations(bias: str, n_iter: int, steps: int, rate: int, n_val: int, n_train: int, erbs_interval_fs: float):
+    return [{"name": f"AL{k}", "start": "bootstrap", "sampling": sampling(steps, rate, bias, erbs_interval_fs),
+             "n_select": n_train, "n_validation": n_val} for k in range(1, n_iter + 1)]
+
+
+PROFILES = {
+    "paper": dict(molecules=32, n_bootstrap=200, b0_train=10, b0_val=6, b1_train=5, cp2k="data/cp2k/revpbe0-d3-water.yaml",
+                  cp2k_run={"n_ranks": 1, "n_threads": 1}, model="models/water_erbs.yaml", overrides={},
+                  n_iter=10, steps=50_000, rate=10, n_val=4, n_train=10, erbs_interval_fs=5000.0),
+    "smoke": dict(molecules=4, n_bootstrap=12, b0_train=3, b0_val=2, b1_train=1, cp2k="data/cp2k/test-pbe-szv.yaml",
+                  cp2k_run={"n_ranks": 1, "n_threads": 1}, model="models/smoke.yaml",
+                  overrides={"model": {"n_members": 4}}, n_iter=1, steps=100, rate=10, n_val=1, n_train=1,
+                  erbs_interval_fs=10.0),
+}
+
+
+def build(project: zntrack.Project, profile: str) -> None:
+    check_profile(NAME, profile)
+    p = PROFILES[profile]
+    branches = {bias: iterations(bias, p["n_iter"], p["steps"], p["rate"], p["n_val"], p["n_train"],
+                                 p["erbs_interval_fs"]) for bias in ("md", "erbs")}
+    for rows in branches.values():
+        for row in rows:
+            check_row(NAME, row)
+    label_kw = dict(settings=p["cp2k"], **p["cp2k_run"])
+
+    with project.group(GROUP, "bootstrap"):
+        molecule = SmilesConformers(smiles="O", n_conformers=1, seed=42, name="Water")
+        box = PackBox(data=[molecule.frames], count=[p["molecules"]], density=0.997, seed=42)
+        pool = Bootstrap(data=box.frames, n_configurations=p["n_bootstrap"], seed=0)
+        train_pick = RandomSelection(data=pool.frames, n_configurations=p["b0_train"], seed=0, name="B0Train")
+        val_pick = RandomSelection(data=train_pick.excluded_frames, n_configurations=p["b0_val"], seed=0,
+                                   name="B0Validation")
+        train = CP2KLabel(data=train_pick.frames, name="B0TrainLabel", **label_kw)
+        val = CP2KLabel(data=val_pick.frames, name="B0ValidationLabel", **label_kw)
+        model = TrainModel(data=train.frames, validation_data=val.frames, config=p["model"], overrides=p["overrides"],
+                           name="B0Model")
+        more = MaxDistSelection(data=val_pick.excluded_frames, train_data=train.frames, model=model,
+                                n_configurations=p["b1_train"], name="B1Pick")
+        more_labels = CP2KLabel(data=more.frames, name="B1Label", **label_kw)
+        train_set = MergeFrames(data=[train.frames, more_labels.frames], name="B1TrainingSet")
+        model = TrainModel(data=train_set.frames, validation_data=val.frames, config=p["model"],
+                           overrides=p["overrides"], init_from=model, name="B1Model")
+
+    for bias, rows in branches.items():
+        state = CampaignState(model=model, train=train_set, validation=val, last_structure=box)
+        for k, row in enumerate(rows):
+            with project.group(GROUP, bias, row["name"]):
+                state = learning_step(row, state, start=box, cp2k_settings=p["cp2k"], model_config=p["model"],
+                                      model_overrides=p["overrides"], cp2k=p["cp2k_run"], seed=k)
