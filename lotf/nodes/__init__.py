@@ -1,9 +1,10 @@
 """ZnTrack nodes: thin wrappers over the library (parameters in, files out)."""
 
+from lotf.nodes.d3 import RecomputeD3
 from lotf.nodes.frames import FilterOutliers, LoadFrames, MergeFrames
 from lotf.nodes.label import CP2KLabel
 from lotf.nodes.selection import MaxDistSelection, RandomSelection, UncertaintySelection
 from lotf.nodes.train import TrainModel
 
 __all__ = ["CP2KLabel", "FilterOutliers", "LoadFrames", "MaxDistSelection", "MergeFrames", "RandomSelection",
-           "TrainModel", "UncertaintySelection"]
+           "RecomputeD3", "TrainModel", "UncertaintySelection"]
