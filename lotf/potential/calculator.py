@@ -48,15 +48,26 @@ class TermNeighbors:
 
     def update(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, key) -> neighbors.Neighbors:
         if self.spec is None or key != self.key:
-            self.spec, self.nbrs = neighbors.allocate(positions, cell, pbc, self.cutoff, self.skin)
+            self.spec, nbrs = neighbors.allocate(positions, cell, pbc, self.cutoff, self.skin)
             self.key = key
-            return self.nbrs
-        if bool(neighbors.needs_rebuild(self.nbrs, positions, cell, self.skin)):
+            return self._keep(nbrs)
+        if self._moved_too_far(positions, cell):
             nbrs = neighbors.build_host(self.spec, positions, cell)
             if bool(nbrs.overflow):
                 self.spec, nbrs = neighbors.reallocate(self.spec, nbrs, positions, cell)
-            self.nbrs = nbrs
+            self._keep(nbrs)
         return self.nbrs
+
+    def _keep(self, nbrs: neighbors.Neighbors) -> neighbors.Neighbors:
+        self.nbrs = nbrs
+        self.max_shift = float((np.abs(nbrs.shifts).sum(-1) * nbrs.mask).max(initial=0.0))
+        return nbrs
+
+    def _moved_too_far(self, positions: np.ndarray, cell: np.ndarray) -> bool:
+        """Host-side :func:`neighbors.needs_rebuild` with the largest image shift cached at build."""
+        disp = np.sqrt(np.max(np.sum((positions - self.nbrs.reference_positions) ** 2, axis=-1)))
+        dcell = np.max(np.linalg.norm(cell - self.nbrs.reference_cell, axis=-1))
+        return bool(2.0 * disp + self.max_shift * dcell > self.skin)
 
 
 class LotfCalculator(Calculator):

@@ -214,3 +214,19 @@ def test_unknown_element_and_bad_config_fail_with_one_line(setup):
         ModelConfig.from_dict({"n_layers": 3})
     with pytest.raises(ConfigError, match="'contractions'"):
         ModelConfig(contractions=(0, 9))
+
+
+def test_calculator_reuses_neighbour_list_within_skin_and_rebuilds_beyond(setup):
+    config, model, params, _ = setup
+    atoms = random_box(2, 24)
+    calc = LotfCalculator([gmnn_term(model, params)], SPECIES, members=False, skin=0.5)
+    rng = np.random.default_rng(0)
+    builds = []
+    for step in range(6):
+        atoms.positions += rng.normal(scale=0.06, size=atoms.positions.shape)
+        atoms.calc = calc
+        forces = atoms.get_forces()
+        builds.append(id(calc._lists[0].nbrs))
+        fresh = LotfCalculator([gmnn_term(model, params)], SPECIES, members=False, skin=0.0)
+        np.testing.assert_allclose(forces, fresh.get_forces(atoms), atol=1e-10)
+    assert 1 < len(set(builds)) < len(builds)  # some calls reused the list, some rebuilt it
