@@ -1,0 +1,194 @@
+"""ZnTrack nodes for seed data: GROMACS OPLS-AA trajectories, RDKit conformers, Packmol boxes,
+bootstrap and rigid-molecule volume scans. Thin wrappers over `lotf.reference`.
+
+Every node writes `frames.h5` (H5MD, znh5md) and exposes it as `frames` (IPSuite convention).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import ase
+import h5py
+import numpy as np
+import znh5md
+import zntrack
+
+from lotf.reference import gromacs, structures
+
+
+class _FramesNode(zntrack.Node):
+    """Base: an H5MD `frames.h5` output read back through `frames`."""
+
+    frames_path: pathlib.Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
+
+    def _write(self, frames: list[ase.Atoms]) -> None:
+        pathlib.Path(self.frames_path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(self.frames_path).unlink(missing_ok=True)
+        znh5md.IO(self.frames_path).extend(frames)
+
+    @property
+    def frames(self) -> list[ase.Atoms]:
+        with self.state.fs.open(self.frames_path, "rb") as f, h5py.File(f) as file:
+            return znh5md.IO(file_handle=file)[:]
+
+
+def _pick(frames: list[ase.Atoms], ids: list[int] | None, field: str) -> list[ase.Atoms]:
+    if ids is None:
+        return list(frames)
+    for i in ids:
+        if not -len(frames) <= i < len(frames):
+            raise IndexError(f"{field}: frame index {i} out of range for {len(frames)} frames")
+    return [frames[i] for i in ids]
+
+
+class GromacsSeed(_FramesNode):
+    """Classical OPLS-AA (CL&P) seed trajectory with GROMACS, labelled in eV and eV/A.
+
+    Packmol box of `species` (name -> count, in topology order) at `density` (g/cm^3),
+    steepest descent, then NVT at `temperature` (K) for `n_steps` x `timestep` (fs); one frame
+    every `interval` steps, with force-field energy, forces and virial stress.
+    Seed 1: {"bmim": 10, "bf4": 10}, 1.210 g/cm^3, 500 K, 5 ns.
+    """
+
+    species: dict = zntrack.params(default_factory=lambda: {"bmim": 10, "bf4": 10})
+    density: float = zntrack.params(1.210)
+    temperature: float = zntrack.params(500.0)
+    n_steps: int = zntrack.params(5_000_000)
+    timestep: float = zntrack.params(1.0)
+    interval: int = zntrack.params(1000)
+    seed: int = zntrack.params(42)
+    tolerance: float = zntrack.params(2.0)
+    cutoff: float | None = zntrack.params(None)
+    constraints: str = zntrack.params("none")
+    water_model: str = zntrack.params("tip3p")
+    n_threads: int | None = zntrack.params(None)
+
+    gromacs_dir: pathlib.Path = zntrack.outs_path(zntrack.nwd / "gromacs")
+    metrics: dict = zntrack.metrics()
+
+    def run(self) -> None:
+        for name, value in (("density", self.density), ("temperature", self.temperature), ("timestep", self.timestep)):
+            if not value > 0:
+                raise ValueError(f"GromacsSeed.{name} must be positive, got {value}")
+        settings = gromacs.GromacsSettings(
+            cutoff=self.cutoff, constraints=self.constraints, water_model=self.water_model, n_threads=self.n_threads
+        )
+        start = time.perf_counter()
+        frames = gromacs.run_seed(
+            dict(self.species),
+            self.density,
+            pathlib.Path(self.gromacs_dir),
+            self.temperature,
+            self.n_steps,
+            self.timestep,
+            self.interval,
+            self.seed,
+            self.tolerance,
+            settings,
+        )
+        wall = time.perf_counter() - start
+        self._write(frames)
+        ps = self.n_steps * self.timestep / 1000.0
+        self.metrics = {
+            "n_frames": len(frames),
+            "wall_s": wall,
+            "s_per_ps": wall / ps if ps else 0.0,
+            "temperature_mean": float(np.mean([a.info.get("temperature", np.nan) for a in frames])),
+        }
+
+
+class SmilesConformers(_FramesNode):
+    """RDKit conformers of one SMILES (ETKDGv3, then MMFF or UFF)."""
+
+    smiles: str = zntrack.params()
+    n_conformers: int = zntrack.params(1)
+    seed: int = zntrack.params(42)
+    max_attempts: int = zntrack.params(1000)
+    optimize: bool = zntrack.params(True)
+
+    def run(self) -> None:
+        self._write(
+            structures.smiles_to_conformers(self.smiles, self.n_conformers, self.seed, self.max_attempts, self.optimize)
+        )
+
+
+class PackBox(_FramesNode):
+    """Packmol boxes: `count[k]` molecules drawn from the conformers in `data[k]`.
+
+    `density` in g/cm^3 (IPSuite's Packmol takes kg/m^3); `n_configurations` boxes with seeds
+    `seed`, `seed + 1`, ...; periodic packing through Packmol's `pbc` keyword.
+    """
+
+    data: list = zntrack.deps()
+    count: list = zntrack.params()
+    density: float = zntrack.params()
+    tolerance: float = zntrack.params(2.0)
+    seed: int = zntrack.params(42)
+    n_configurations: int = zntrack.params(1)
+    pbc: bool = zntrack.params(True)
+
+    def run(self) -> None:
+        if len(self.data) != len(self.count):
+            raise ValueError(f"PackBox: {len(self.data)} data entries but {len(self.count)} counts")
+        frames = [
+            structures.pack_box(self.data, self.count, self.density, self.tolerance, self.seed + k, self.pbc)
+            for k in range(self.n_configurations)
+        ]
+        self._write(frames)
+
+
+Packmol = PackBox
+
+
+class Bootstrap(_FramesNode):
+    """Rotate and translate every molecule and rattle every atom (seed 2: 200 from 32 waters).
+
+    `rotation` in degrees, `translation` and `rattle` in Angstrom (maximum per move).
+    """
+
+    data: list = zntrack.deps()
+    data_id: int = zntrack.params(-1)
+    n_configurations: int = zntrack.params(200)
+    rotation: float = zntrack.params(10.0)
+    translation: float = zntrack.params(0.5)
+    rattle: float = zntrack.params(0.05)
+    seed: int = zntrack.params(0)
+    include_original: bool = zntrack.params(False)
+
+    def run(self) -> None:
+        atoms = _pick(self.data, [self.data_id], "Bootstrap.data_id")[0]
+        self._write(
+            structures.bootstrap(
+                atoms,
+                self.n_configurations,
+                self.rotation,
+                self.translation,
+                self.rattle,
+                self.seed,
+                self.include_original,
+            )
+        )
+
+
+class VolumeScan(_FramesNode):
+    """Rigid-molecule volume scan of each selected frame over densities (g/cm^3).
+
+    Either `densities` (a list) or `start`, `stop`, `num` (evenly spaced densities).
+    Seed 1 scanned 0.151-1.661 g/cm^3.
+    """
+
+    data: list = zntrack.deps()
+    data_ids: list | None = zntrack.params(None)
+    densities: list | None = zntrack.params(None)
+    start: float = zntrack.params(0.151)
+    stop: float = zntrack.params(1.661)
+    num: int = zntrack.params(100)
+
+    def run(self) -> None:
+        targets = self.densities if self.densities is not None else np.linspace(self.start, self.stop, self.num)
+        frames = []
+        for atoms in _pick(self.data, self.data_ids, "VolumeScan.data_ids"):
+            frames += structures.volume_scan(atoms, list(targets))
+        self._write(frames)
