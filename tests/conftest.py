@@ -1,4 +1,8 @@
 import os
+import sys
+
+# the environment's own executables (dvc, zntrack, packmol, lotf) first, however pytest was started
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 os.environ.setdefault("LOTF_CP2K_STORE", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "cp2k-store"))
 
