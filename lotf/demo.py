@@ -1,10 +1,18 @@
-"""``lotf demo``: a small train-and-predict example (until the smoke campaign lands).
+"""``lotf demo [DIR]``: a fresh git + DVC project running the smoke campaigns end to end.
 
-Labels come from ASE's EMT potential on rattled Cu/Al cells, so the demo needs no DFT.
+It copies the campaign definitions and their inputs (``stages/``, ``models/``, ``data/``) into
+DIR, builds the smoke profile, runs ``dvc repro`` (real GROMACS, CP2K and JAX), then prints one
+table per campaign and writes a report with plots. A second run reuses DVC's cache and
+reproduces nothing.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +20,15 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
+REPO = Path(__file__).resolve().parents[1]
+COPIED = ("stages", "models", "data")
+
 
 def emt_frames(n: int, seed: int = 0) -> list:
+    """Rattled Cu/Al cells labelled with ASE's EMT (cheap labelled data for tests)."""
     rng = np.random.default_rng(seed)
     frames = []
-    for i in range(n):
+    for _ in range(n):
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
         for k in rng.choice(len(atoms), size=4, replace=False):
             atoms[k].symbol = "Al"
@@ -29,25 +41,56 @@ def emt_frames(n: int, seed: int = 0) -> list:
     return frames
 
 
-def run_demo(directory: Path) -> None:
-    import lotf
-    from lotf.training.config import TrainConfig
-    from lotf.training.trainer import train
+def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> None:
+    result = subprocess.run(cmd, cwd=cwd, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"'{' '.join(cmd)}' failed with exit code {result.returncode} in {cwd}")
 
-    directory = Path(directory)
-    frames = emt_frames(30)
-    train_set, val_set, test_set = frames[:16], frames[16:22], frames[22:]
-    config = TrainConfig(epochs=40, batch_size=4)
-    result = train(train_set, val_set, {"hidden": [64, 64], "n_members": 2, "ensemble": "shallow", "r_max": 5.0},
-                   config, directory / "model")
-    calc = lotf.load_calculator(directory / "model")
-    errors_e, errors_f, sigma = [], [], []
-    for atoms in test_set:
-        ref_e, ref_f = atoms.get_potential_energy(), atoms.get_forces()
-        calc.calculate(atoms.copy(), ["energy", "forces"])
-        errors_e.append(abs(calc.results["energy"] - ref_e) / len(atoms))
-        errors_f.append(np.abs(calc.results["forces"] - ref_f).mean())
-        sigma.append(calc.results["forces_uncertainty"].max())
-    print(f"model: {directory / 'model'}  (best epoch {result.best_epoch})")
-    print(f"test energy MAE {1e3 * np.mean(errors_e):.2f} meV/atom, force MAE {1e3 * np.mean(errors_f):.1f} meV/Å, "
-          f"max force uncertainty {np.max(sigma):.3f} eV/Å on {len(test_set)} structures")
+
+def prepare_project(directory: Path, campaigns: list[str] | None = None, profile: str = "smoke") -> Path:
+    """Create (or update) a git + DVC project with the campaign definitions and build it."""
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        target = directory / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(REPO / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+    if not (directory / ".git").exists():
+        _run(["git", "init", "-q"], directory)
+        _run(["git", "config", "user.email", "demo@lotf"], directory)
+        _run(["git", "config", "user.name", "lotf demo"], directory)
+    if not (directory / ".dvc").exists():
+        _run(["dvc", "init", "-q"], directory)
+        remote = directory.parent / f"{directory.name}-dvc-remote"
+        _run(["dvc", "remote", "add", "-d", "-f", "local", str(remote)], directory)
+    from lotf.build import build
+
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        build(campaigns, profile, directory)
+    finally:
+        os.chdir(cwd)
+    return directory
+
+
+def run_demo(directory: Path, campaigns: list[str] | None = None) -> None:
+    start = time.perf_counter()
+    directory = prepare_project(Path(directory), campaigns)
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    _run(["dvc", "repro"], directory, env)
+    _run(["git", "add", "-A"], directory)
+    subprocess.run(["git", "commit", "-qm", "lotf demo: smoke campaigns"], cwd=directory, capture_output=True)
+    print_reports(directory)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; project in {directory}")
+
+
+def print_reports(directory: Path) -> None:
+    import pandas as pd
+
+    for table in sorted(Path(directory).glob("nodes/**/CampaignReport/report/iterations.csv")):
+        campaign = table.relative_to(Path(directory) / "nodes").parts[:-3]
+        print(f"\n== {'/'.join(campaign)} ==")
+        print(pd.read_csv(table).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+        print(f"plots: {table.parent}")

@@ -15,7 +15,7 @@ from lotf.nodes.d3 import RecomputeD3
 from lotf.nodes.frames import FilterOutliers, MergeFrames
 from lotf.nodes.sampling import GeometryOptimisation
 from lotf.nodes.seed import GromacsSeed, PackBox, SmilesConformers, VolumeScan
-from stages.common import CampaignState, check_profile, check_row, learning_step
+from stages.common import CampaignState, check_profile, check_row, learning_step, report
 
 NAME = "bmim_bf4"
 GROUP = "bmim-bf4"  # ZnTrack joins group names with "_", so the group avoids it
@@ -74,8 +74,8 @@ PROFILES = {
         n_conformers=200, n_boxes=20, vs_boxes=5, vs_points=100, vs_select=50,
     ),
     "smoke": dict(
-        pairs=1, seed_steps=2_000, seed_interval=200, cp2k="data/cp2k/test-pbe-szv.yaml",
-        cp2k_nod3="data/cp2k/test-pbe-szv.yaml", cp2k_run={"n_ranks": 1, "n_threads": 1}, n_test=2, n_val=2,
+        pairs=4, seed_steps=2_000, seed_interval=200, cp2k="data/cp2k/test-xtb.yaml",
+        cp2k_nod3="data/cp2k/test-xtb.yaml", cp2k_run={"n_ranks": 1, "n_threads": 1}, n_test=2, n_val=2,
         n_train=3, n_ml0=1, model="models/smoke.yaml", final="models/smoke.yaml", overrides={},
         rows=iterations(steps=100, npt_steps=100, long_steps=200, rate=10, n=2)[:1],
         n_conformers=2, n_boxes=1, vs_boxes=1, vs_points=4, vs_select=1,
@@ -99,6 +99,7 @@ def build(project: zntrack.Project, profile: str) -> None:
         val = RandomSelection(data=test.excluded_frames, n_configurations=p["n_val"], seed=1234, name="ValidationSet")
         train = RandomSelection(data=val.excluded_frames, n_configurations=p["n_train"], seed=1234, name="TrainSet")
         model = TrainModel(data=train.frames, validation_data=val.frames, config=p["model"], overrides=p["overrides"])
+        classical = model
 
     with project.group(GROUP, "ML0"):  # MaxDist from the already-labelled classical pool
         pick = MaxDistSelection(data=train.excluded_frames, train_data=train.frames, model=model,
@@ -107,6 +108,8 @@ def build(project: zntrack.Project, profile: str) -> None:
         model = TrainModel(data=train_set.frames, validation_data=val.frames, config=p["model"],
                            overrides=p["overrides"], init_from=model)
     state = CampaignState(model=model, train=train_set, validation=val, last_structure=seed)
+    state.log.append(("classical", classical, None, None))
+    state.record("ML0")
 
     volume_scan = None
     for k, row in enumerate(p["rows"]):
@@ -114,6 +117,7 @@ def build(project: zntrack.Project, profile: str) -> None:
             if row["start"] == "volume_scan" and volume_scan is None:
                 volume_scan = _conformers_and_volume_scan(p, state, label_kw)
                 state.train, state.model = volume_scan["train"], volume_scan["model"]
+                state.record("ML11+VS")
             start = {"seed": seed, "previous": state.last_structure}.get(row["start"])
             if start is None:
                 start = volume_scan["start"]
@@ -121,6 +125,8 @@ def build(project: zntrack.Project, profile: str) -> None:
                                   model_overrides=p["overrides"], cp2k=p["cp2k_run"], seed=k)
 
     _final_models(project, p, state)
+    with project.group(GROUP, "report"):
+        report(state, test)
 
 
 def _conformers_and_volume_scan(p: dict, state: CampaignState, label_kw: dict) -> dict:

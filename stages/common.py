@@ -7,11 +7,12 @@ nodes: sample -> (geometry optimisation) -> select -> label -> merge -> train (w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
 from lotf.nodes.frames import MergeFrames
+from lotf.nodes.report import CampaignReport
 from lotf.nodes.sampling import GeometryOptimisation, MDSampling
 
 PROFILES = ("paper", "smoke")
@@ -56,6 +57,19 @@ class CampaignState:
     train: Any  # node with frames: the current training set
     validation: Any  # node with frames: the current validation set
     last_structure: Any  # node with frames whose last frame starts the next sampling
+    log: list = field(default_factory=list)  # (iteration, model, sampler, label) for the report
+
+    def record(self, name: str, sampler: Any = None, label: Any = None) -> None:
+        self.log.append((name, self.model, sampler, label))
+
+
+def report(state: CampaignState, test_data: Any) -> CampaignReport:
+    """The campaign's per-iteration table; call inside the campaign's report group."""
+    sampled = [(name, s, lab) for name, _, s, lab in state.log if s is not None]
+    return CampaignReport(iterations=[entry[0] for entry in state.log], models=[entry[1] for entry in state.log],
+                          sampled_iterations=[name for name, _, _ in sampled],
+                          samplers=[s for _, s, _ in sampled], labels=[lab for _, _, lab in sampled],
+                          test_data=test_data.frames)
 
 
 def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, cp2k_settings: str,
@@ -88,4 +102,6 @@ def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, cp2k
     train = MergeFrames(data=[state.train.frames, label.frames], name="TrainingSet")
     model = TrainModel(data=train.frames, validation_data=validation.frames, config=model_config,
                        overrides=model_overrides, init_from=state.model)
-    return CampaignState(model=model, train=train, validation=validation, last_structure=last)
+    new = CampaignState(model=model, train=train, validation=validation, last_structure=last, log=state.log)
+    new.record(row["name"], sampler=md, label=label)
+    return new

@@ -13,7 +13,7 @@ import zntrack
 from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
 from lotf.nodes.frames import MergeFrames
 from lotf.nodes.seed import Bootstrap, PackBox, SmilesConformers
-from stages.common import CampaignState, check_profile, check_row, learning_step
+from stages.common import CampaignState, check_profile, check_row, learning_step, report
 
 NAME = "water"
 GROUP = "water"
@@ -41,7 +41,7 @@ PROFILES = {
     "paper": dict(molecules=32, n_bootstrap=200, b0_train=10, b0_val=6, b1_train=5, cp2k="data/cp2k/revpbe0-d3-water.yaml",
                   cp2k_run={"n_ranks": 1, "n_threads": 1}, model="models/water_erbs.yaml", overrides={},
                   n_iter=10, steps=50_000, rate=10, n_val=4, n_train=10, erbs_interval_fs=5000.0),
-    "smoke": dict(molecules=4, n_bootstrap=12, b0_train=3, b0_val=2, b1_train=1, cp2k="data/cp2k/test-pbe-szv.yaml",
+    "smoke": dict(molecules=4, n_bootstrap=12, b0_train=3, b0_val=2, b1_train=1, cp2k="data/cp2k/test-xtb.yaml",
                   cp2k_run={"n_ranks": 1, "n_threads": 1}, model="models/smoke.yaml",
                   overrides={"model": {"n_members": 4}}, n_iter=1, steps=100, rate=10, n_val=1, n_train=1,
                   erbs_interval_fs=10.0),
@@ -78,7 +78,10 @@ def build(project: zntrack.Project, profile: str) -> None:
 
     for bias, rows in branches.items():
         state = CampaignState(model=model, train=train_set, validation=val, last_structure=box)
+        state.record("B1")
         for k, row in enumerate(rows):
             with project.group(GROUP, bias, row["name"]):
                 state = learning_step(row, state, start=box, cp2k_settings=p["cp2k"], model_config=p["model"],
                                       model_overrides=p["overrides"], cp2k=p["cp2k_run"], seed=k)
+        with project.group(GROUP, bias, "report"):
+            report(state, val)  # the fixed bootstrap validation set serves as the test set

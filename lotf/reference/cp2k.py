@@ -350,6 +350,9 @@ class CP2KSettings:
         """Every element needs a KIND whose basis sets and potential exist in the library files."""
         kinds = {k.lower(): v for k, v in self.kinds().items()}
         dft = _get(self.force_eval, "dft", {})
+        qs = _get(dft, "qs", {}) or {}
+        if str(_get(qs, "method", "gpw")).lower() in ("xtb", "dftb", "pm6", "am1", "mndo"):
+            return  # semi-empirical methods carry their own element parameters: no basis or potential
         libs = {}
         for kw in ("basis_set_file_name", "potential_file_name"):
             val = _get(dft, kw, "BASIS_SET" if kw.startswith("basis") else "POTENTIAL")
