@@ -20,32 +20,36 @@ from stages.common import CampaignState, check_profile, check_row, learning_step
 NAME = "bmim_bf4"
 GROUP = "bmim-bf4"  # ZnTrack joins group names with "_", so the group avoids it
 BMIM, BF4 = "CCCCn1cc[n+](C)c1", "F[B-](F)(F)F"
-UNCERTAINTY_STOP = [{"kind": "forces_uncertainty", "threshold": 0.5, "action": "stop"}]  # eq. 8
+UNCERTAINTY_STOP = [{"kind": "forces_uncertainty", "max_value": 0.5}]  # eq. 8, 0.5 eV/Å
 
 
 def _nvt(steps: int, rate: int, **extra) -> dict:
     return {"method": "md", "ensemble": "nvt", "thermostat": "langevin", "temperature": 298.15, "timestep": 0.5,
-            "steps": steps, "sampling_rate": rate, "checks": UNCERTAINTY_STOP, **extra}
+            "steps": steps, "sampling_rate": rate, "checks": UNCERTAINTY_STOP, "on_trigger": "stop", **extra}
 
 
 def _npt(steps: int, rate: int, **extra) -> dict:
-    return {"method": "md", "ensemble": "npt", "thermostat": "nose_hoover", "temperature": 300.0, "pressure": 1.01325,
-            "timestep": 1.0, "steps": steps, "sampling_rate": rate, "checks": UNCERTAINTY_STOP, **extra}
+    # 1 atm; seed 1 used Parrinello-Rahman-like ASE NPT, here stochastic cell rescaling
+    return {"method": "md", "ensemble": "npt", "thermostat": "langevin", "temperature": 300.0, "timestep": 1.0,
+            "barostat": {"pressure": 1.01325}, "steps": steps, "sampling_rate": rate, "checks": UNCERTAINTY_STOP,
+            "on_trigger": "stop", **extra}
 
 
 def temperature_ramp(start, end, amplitude, n_oscillations) -> dict:
-    return {"kind": "temperature", "start": start, "end": end, "amplitude": amplitude,
+    """Seed-1 eq. 9 for T (Table 1 ranges)."""
+    return {"kind": "temperature", "T_start": start, "T_end": end, "T_amp": amplitude, "n_oscillations": n_oscillations}
+
+
+def density_ramp(start, end, amplitude, n_oscillations) -> dict:
+    """Seed-1 eq. 9 for the density (box scaled isotropically)."""
+    return {"kind": "density", "rho_start": start, "rho_end": end, "rho_amp": amplitude,
             "n_oscillations": n_oscillations}
-
-
-def density_ramp(end, amplitude, n_oscillations) -> dict:
-    return {"kind": "density", "end": end, "amplitude": amplitude, "n_oscillations": n_oscillations}
 
 
 def iterations(steps: int, npt_steps: int, long_steps: int, rate: int, n: int) -> list[dict]:
     """Seed 1 Table 1 as rows; ``n`` scales the number of new points (50 in the paper)."""
     t_mod = temperature_ramp(230.0, 500.0, 150.0, 10)
-    rho_mod = density_ramp(1.210, 0.254, 3)  # 0.992-1.499 g/cm³ around the experimental 1.210
+    rho_mod = density_ramp(1.210, 1.210, 0.254, 3)  # oscillates over ~0.96-1.46 g/cm³ (Table 1: 0.992-1.499)
     rows = [{"name": f"ML{k}", "start": "seed" if k == 1 else "previous", "sampling": _nvt(steps, rate),
              "geo_opt": True, "n_select": n} for k in range(1, 5)]
     rows += [{"name": f"ML{k}", "start": "previous", "sampling": _nvt(steps, rate, modifiers=[t_mod]),
@@ -55,7 +59,7 @@ def iterations(steps: int, npt_steps: int, long_steps: int, rate: int, n: int) -
     rows += [{"name": "ML12", "start": "previous", "sampling": _nvt(steps, rate, modifiers=[rho_mod, t_mod]),
               "geo_opt": True, "n_select": n}]
     rows += [
-        {"name": "ML13", "start": "volume_scan", "sampling": _npt(npt_steps, rate), "n_select": n},
+        {"name": "ML13", "start": "volume_scan", "sampling": _npt(npt_steps, rate, temperature=300.0), "n_select": n},
         {"name": "ML14", "start": "volume_scan",
          "sampling": _npt(npt_steps, rate, modifiers=[temperature_ramp(300.0, 500.0, 150.0, 10)]), "n_select": n},
         {"name": "ML15", "start": "previous",
@@ -154,7 +158,7 @@ def _final_models(project: zntrack.Project, p: dict, state: CampaignState) -> No
             no_d3[name] = RecomputeD3(data=data.frames, mode="remove", functional="b97-3c", cutoff=15.87532,
                                       three_body=True, short_range_correction=True, cp2k_triangle_weights=True,
                                       name=f"{name}DFT")
-        for label, cutoff in (("DFT", None), ("DFT_D3_8", 8.0), ("DFT_D3_20", 20.0)):
+        for label, cutoff in (("DFT", None), ("DFT-D3-8", 8.0), ("DFT-D3-20", 20.0)):
             if cutoff is None:
                 train, val = no_d3["Train"], no_d3["Validation"]
             else:

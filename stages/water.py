@@ -18,17 +18,18 @@ from stages.common import CampaignState, check_profile, check_row, learning_step
 NAME = "water"
 GROUP = "water"
 # seed 2: "a force uncertainty threshold of 3.0 meV/Å", reset and continue (safe sampling)
-SAFE_SAMPLING = [{"kind": "forces_uncertainty", "threshold": 0.003, "action": "reset"}]
-ERBS = {"method": "erbs", "erbs": {"interval_fs": 5000.0, "barrier": 0.5, "barrier_per_atom": True,
-                                   "bandwidth": 1.0, "n_components": 3}}
+SAFE_SAMPLING = [{"kind": "forces_uncertainty", "max_value": 0.003}]
+TIMESTEP = 0.5
 
 
 def sampling(steps: int, rate: int, bias: str, erbs_interval_fs: float) -> dict:
-    base = {"method": "md", "ensemble": "nvt", "thermostat": "berendsen", "tau": 500.0, "temperature": 300.0,
-            "timestep": 0.5, "steps": steps, "sampling_rate": rate, "checks": SAFE_SAMPLING}
-    if bias == "erbs":
-        base.update(ERBS)
-        base["erbs"] = {**ERBS["erbs"], "interval_fs": erbs_interval_fs}
+    base = {"method": "md", "ensemble": "nvt", "thermostat": "berendsen", "thermostat_params": {"tau": 500.0},
+            "temperature": 300.0, "timestep": TIMESTEP, "steps": steps, "sampling_rate": rate,
+            "checks": SAFE_SAMPLING, "on_trigger": "reset"}
+    if bias == "erbs":  # a kernel every 5 ps, ΔE 0.5 eV/atom, bandwidth 1.0, 3 principal components
+        base["method"] = "erbs"
+        base["bias"] = {"interval": int(round(erbs_interval_fs / TIMESTEP)), "barrier": 0.5, "per_atom": True,
+                        "bandwidth": 1.0, "n_components": 3}
     return base
 
 
