@@ -49,7 +49,7 @@ def loss_terms(out: dict, graph, labels, config: TrainConfig) -> dict[str, jax.A
         e_loss = _pointwise("mse", e_members, labels.energy, et, 1) / n
     else:
         e_loss = _pointwise(et.kind, e_members / n[:, None], labels.energy / n, et, 1)
-    energy = jnp.sum(e_loss * smask) / n_real
+    energy = jnp.sum(jnp.where(smask > 0, e_loss, 0.0)) / n_real
 
     f_members = out["forces_ensemble"]  # (N, 3, M)
     ft = config.forces_loss
@@ -59,13 +59,15 @@ def loss_terms(out: dict, graph, labels, config: TrainConfig) -> dict[str, jax.A
 
     st = config.stress_loss
     smask_s = smask * labels.has_stress
-    vdiff = (out["stress"] - labels.stress) * labels.volume[:, None, None]
+    # compare virials (V σ): no division by the volume, so padded or non-periodic slots stay finite
+    vdiff = out["virial"] - labels.stress * labels.volume[:, None, None]
     if st.kind == "huber":
         a = jnp.abs(vdiff)
         s_el = jnp.where(a < st.delta, 0.5 * vdiff**2, st.delta * (a - 0.5 * st.delta))
     else:  # NLL has no stress spread here (stress from the mean energy): use mse
         s_el = vdiff**2
-    stress = jnp.sum(jnp.sum(s_el, axis=(1, 2)) / (9.0 * n) * smask_s) / jnp.maximum(jnp.sum(smask_s), 1.0)
+    per_structure = jnp.where(smask_s > 0, jnp.sum(s_el, axis=(1, 2)) / (9.0 * n), 0.0)
+    stress = jnp.sum(per_structure) / jnp.maximum(jnp.sum(smask_s), 1.0)
     return {"energy": energy, "forces": forces, "stress": stress,
             "total": et.weight * energy + ft.weight * forces + st.weight * stress}
 

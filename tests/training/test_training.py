@@ -149,3 +149,19 @@ def test_cli_train_and_predict(frames, tmp_path):
     bad = subprocess.run(lotf_cmd + ["predict", str(tmp_path / "m"), str(tmp_path / "missing.xyz"),
                                      str(tmp_path / "o.xyz")], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "no such file" in bad.stderr
+
+
+def test_partial_last_batch_and_non_periodic_frames_train_finitely(frames, tmp_path):
+    from ase.build import molecule
+
+    config = TrainConfig(epochs=2, batch_size=2, progress=False)
+    result = train(frames[:3], frames[10:13], TINY, config, tmp_path / "odd")  # 3 = one full + one half batch
+    assert all(np.isfinite(row["train_loss"]) for row in result.history)
+    mols = []
+    for k in range(3):
+        mol = molecule("CH4")
+        mol.rattle(0.05, seed=k)
+        mol.calc = SinglePointCalculator(mol, energy=-1.0 - 0.1 * k, forces=np.zeros((5, 3)))
+        mols.append(mol)
+    result = train(mols, mols[:1], {**TINY, "r_max": 3.0}, config, tmp_path / "mol")
+    assert all(np.isfinite(row["train_loss"]) for row in result.history)
