@@ -1,0 +1,161 @@
+"""ZnTrack nodes for sampling: MD / UDD / ERBS (NVT or NPT, modifiers, checks) and FIRE.
+
+Thin wrappers over :mod:`lotf.dynamics`. Both start from ``data[data_id]`` (any node's ``frames``)
+and use ``model``: a node with ``model_dir`` (our training node; the fast JAX path) or any node
+with ``get_calculator()`` (IPSuite's protocol; a lotf calculator also runs on the JAX path, any
+other ASE calculator through the slower callback path with the same loop, checks and biases).
+Outputs are H5MD ``frames.h5`` read back through ``frames``, and metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ase
+import zntrack
+
+from lotf.nodes.frames import flatten, read_h5md
+
+
+def forcefield_for(model: Any, bias=None):
+    """A :class:`~lotf.dynamics.potential.ForceField` for a model node, directory or calculator."""
+    from lotf.dynamics.potential import AseBase, ForceField, JaxBase
+    from lotf.potential.calculator import LotfCalculator
+
+    if isinstance(model, (str, Path)):
+        return ForceField(JaxBase.from_model_dir(model), bias)
+    model_dir = getattr(model, "model_dir", None)
+    if model_dir is not None and Path(model_dir).is_dir():
+        return ForceField(JaxBase.from_model_dir(model_dir), bias)
+    if hasattr(model, "get_calculator"):
+        calc = model.get_calculator()
+    elif hasattr(model, "get_potential_energy") or hasattr(model, "calculate"):
+        calc = model
+    else:
+        raise TypeError(f"model: {type(model).__name__} has neither 'model_dir' nor 'get_calculator()'")
+    if isinstance(calc, LotfCalculator):
+        return ForceField(JaxBase(calc.terms, calc.species), bias)
+    return ForceField(AseBase(calc), bias)
+
+
+def _start_structure(data, data_id: int, node: str) -> ase.Atoms:
+    frames = flatten(data)
+    if not frames:
+        raise ValueError(f"{node}.data: no structures to start from")
+    if not -len(frames) <= data_id < len(frames):
+        raise IndexError(f"{node}.data_id: {data_id} out of range for {len(frames)} structures")
+    atoms = frames[data_id].copy()
+    atoms.calc = None
+    return atoms
+
+
+class MDSampling(zntrack.Node):
+    """Sampling MD from ``data[data_id]`` with ``model``; frames every ``sampling_rate`` steps.
+
+    Attributes:
+        method: "md", "udd" or "erbs"; ``bias`` holds the UDD (height, width, per_atom, ddof) or
+            ERBS parameters (temperature defaults to ``temperature``; ``pca_data: true`` feeds
+            all ``data`` structures to the PCA only, required for ``basis: fixed``).
+        ensemble: "nvt" or "npt" (stochastic cell rescaling; ``barostat`` takes pressure in bar,
+            tau_p in fs, compressibility in 1/bar, anisotropic).
+        thermostat: langevin | berendsen | nose_hoover | bussi | nve, options in ``thermostat_params``
+            (Langevin friction in 1/fs, τ in fs).
+        temperature: K; timestep: fs (0.5); steps; sampling_rate; seed.
+        modifiers: list of dicts, e.g. {"kind": "temperature", "T_start": 230, "T_end": 500,
+            "T_amp": 150, "n_oscillations": 10} (seed 1 eq. 9; kinds temperature/density/pressure).
+        checks: list of dicts, e.g. {"kind": "forces_uncertainty", "max_value": 0.5} (seed 1 eq. 8).
+        on_trigger: "stop" (keep frames up to the last accepted one) or "reset" (safe sampling).
+    """
+
+    data: list = zntrack.deps()
+    model: Any = zntrack.deps()
+    data_id: int = zntrack.params(-1)
+    method: str = zntrack.params("md")
+    bias: dict = zntrack.params(default_factory=dict)
+    ensemble: str = zntrack.params("nvt")
+    thermostat: str = zntrack.params("langevin")
+    thermostat_params: dict = zntrack.params(default_factory=dict)
+    barostat: dict = zntrack.params(default_factory=dict)
+    temperature: float = zntrack.params(300.0)
+    timestep: float = zntrack.params(0.5)
+    steps: int = zntrack.params(10_000)
+    sampling_rate: int = zntrack.params(10)
+    seed: int = zntrack.params(42)
+    modifiers: list = zntrack.params(default_factory=list)
+    checks: list = zntrack.params(default_factory=lambda: [{"kind": "forces_uncertainty", "max_value": 0.5}])
+    on_trigger: str = zntrack.params("stop")
+
+    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
+    metrics: dict = zntrack.metrics()
+
+    def run(self) -> None:
+        from lotf.dynamics import biases, checks, modifiers
+        from lotf.dynamics.integrators import make_integrator
+        from lotf.dynamics.md import MDRun
+
+        atoms = _start_structure(self.data, self.data_id, "MDSampling")
+        bias_params = dict(self.bias)
+        pca_data = bool(bias_params.pop("pca_data", False))
+        bias = biases.from_dict(self.method, bias_params, self.temperature)
+        integrator = make_integrator(self.thermostat, self.timestep, self.ensemble, self.thermostat_params,
+                                     self.barostat)
+        run = MDRun(
+            atoms, forcefield_for(self.model, bias), integrator, steps=self.steps, temperature=self.temperature,
+            sampling_rate=self.sampling_rate, seed=self.seed,
+            modifiers=[modifiers.from_dict(m) for m in self.modifiers],
+            checks=[checks.from_dict(c) for c in self.checks], on_trigger=self.on_trigger,
+            trajectory=self.frames_path, pca_frames=flatten(self.data) if pca_data else None,
+        )
+        summary = run.run()
+        Path(self.frames_path).parent.mkdir(parents=True, exist_ok=True)
+        if not Path(self.frames_path).exists():  # no accepted frame: an empty, valid file
+            import h5py
+
+            h5py.File(self.frames_path, "w").close()
+        self.metrics = {
+            "steps": summary.steps, "steps_done": summary.steps_done,
+            "steps_before_stop": summary.steps_before_stop, "stopped": int(summary.stopped),
+            "resets": summary.n_resets, "frames": summary.frames_written,
+            "stop_reason": summary.stop_reason or "none", "ms_per_step": summary.ms_per_step,
+        }
+
+    @property
+    def frames(self) -> list[ase.Atoms]:
+        return read_h5md(self, self.frames_path)
+
+
+class GeometryOptimisation(zntrack.Node):
+    """FIRE relaxation of ``data[data_id]`` with ``model`` (seed 1: fmax 0.5 eV/Å on the MD stop frame).
+
+    Every ``sampling_rate``-th optimiser step is stored in ``frames`` (the last is the relaxed
+    structure). ``max_steps`` caps the run (the campaign had no cap); ``relax_cell`` also
+    relaxes the cell at ``pressure`` (bar).
+    """
+
+    data: list = zntrack.deps()
+    model: Any = zntrack.deps()
+    data_id: int = zntrack.params(-1)
+    fmax: float = zntrack.params(0.05)
+    max_step: float = zntrack.params(0.2)
+    max_steps: int = zntrack.params(1000)
+    relax_cell: bool = zntrack.params(False)
+    pressure: float = zntrack.params(0.0)
+    sampling_rate: int = zntrack.params(1)
+
+    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
+    metrics: dict = zntrack.metrics()
+
+    def run(self) -> None:
+        from lotf.dynamics.fire import FIRE
+
+        atoms = _start_structure(self.data, self.data_id, "GeometryOptimisation")
+        result = FIRE(forcefield_for(self.model), fmax=self.fmax, max_step=self.max_step, max_steps=self.max_steps,
+                      relax_cell=self.relax_cell, pressure=self.pressure, sampling_rate=self.sampling_rate,
+                      progress=True).run(atoms, trajectory=self.frames_path)
+        self.metrics = {"converged": int(result.converged), "steps": result.steps, "fmax": result.fmax,
+                        "energy_start": result.energies[0], "energy_final": result.energies[-1]}
+
+    @property
+    def frames(self) -> list[ase.Atoms]:
+        return read_h5md(self, self.frames_path)

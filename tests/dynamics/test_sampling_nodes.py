@@ -1,0 +1,107 @@
+"""The sampling nodes: run() on small inputs without DVC, and one DVC pipeline (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lotf.demo import emt_frames
+from lotf.nodes.sampling import GeometryOptimisation, MDSampling, forcefield_for
+from lotf.potential.graph import collate, structure_arrays
+from lotf.potential.io import save_model
+from lotf.potential.model import Model, ModelConfig
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    frames = emt_frames(2)
+    config = ModelConfig(species=(13, 29), hidden=(16,), n_radial=2, n_basis=3, r_max=4.5, n_members=2,
+                         contractions=(0, 1, 2, 3))
+    model = Model(config)
+    graph = jax.tree_util.tree_map(jnp.asarray, collate([structure_arrays(frames[0], config.species, config.r_max)]))
+    params = model.init(jax.random.PRNGKey(0), graph)
+    params = dict(params)
+    params["scale"] = params["scale"] * 0.05  # gentle random surface
+    return save_model(tmp_path / "model", config, params)
+
+
+def test_md_sampling_node_udd_and_erbs(workdir, model_dir):
+    frames = emt_frames(3)
+    model = types.SimpleNamespace(model_dir=model_dir)
+    node = MDSampling(data=frames, model=model, method="udd", bias={"height": 0.01, "width": 0.5, "per_atom": True},
+                      steps=40, sampling_rate=10, timestep=1.0, temperature=300.0,
+                      modifiers=[{"kind": "temperature", "T_start": 300, "T_end": 400}],
+                      checks=[{"kind": "forces_uncertainty", "max_value": 100.0}, {"kind": "nan"}])
+    node.run()
+    assert node.metrics["frames"] == 4 and node.metrics["resets"] == 0 and node.metrics["steps_before_stop"] == 40
+    out = node.frames
+    assert len(out) == 4 and out[0].calc.results["energy_bias"] <= 0.0
+    assert out[-1].info["target_temperature"] > 300
+
+    erbs = MDSampling(data=frames, model=model, method="erbs", name="erbs", ensemble="npt",
+                      bias={"barrier": 0.05, "bandwidth": 0.05, "n_components": 2, "interval": 10, "n_basis": 3,
+                            "r_max": 4.5, "basis": "fixed", "pca_data": True},
+                      barostat={"compressibility": 1e-6}, steps=30, sampling_rate=10, timestep=1.0, checks=[])
+    erbs.run()
+    assert erbs.metrics["frames"] == 3
+    assert max(a.calc.results["energy_bias"] for a in erbs.frames) > 0
+
+
+def test_geometry_optimisation_node(workdir, model_dir):
+    node = GeometryOptimisation(data=emt_frames(1), model=types.SimpleNamespace(model_dir=model_dir), fmax=1e-2,
+                                max_steps=1000)
+    node.run()
+    frames = node.frames
+    assert node.metrics["converged"] == 1
+    assert node.metrics["steps"] > 0 and len(frames) == node.metrics["steps"] + 1
+    assert np.linalg.norm(frames[-1].get_forces(), axis=1).max() < 1e-2
+    assert frames[-1].get_potential_energy() <= frames[0].get_potential_energy()
+
+
+def test_forcefield_for_rejects_unknown_models():
+    with pytest.raises(TypeError, match="neither 'model_dir'"):
+        forcefield_for(object())
+
+
+@pytest.mark.slow
+def test_sampling_pipeline_with_dvc(tmp_path, monkeypatch):
+    import ase.io
+    import zntrack
+
+    from lotf.nodes import LoadFrames, TrainModel
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@lotf"], ["git", "config", "user.name", "ci"],
+                ["dvc", "init", "-q"]):
+        subprocess.run(cmd, check=True)
+    Path("models").mkdir()
+    Path("models/tiny.yaml").write_text(json.dumps({
+        "model": {"hidden": [16], "n_radial": 2, "n_basis": 4, "r_max": 4.5, "n_members": 2, "contractions": [0, 1, 2, 3]},
+        "training": {"epochs": 3, "batch_size": 2}}))
+    ase.io.write("data.extxyz", emt_frames(8, seed=3))
+    project = zntrack.Project()
+    with project:
+        data = LoadFrames(file="data.extxyz", stop=6)
+        val = LoadFrames(file="data.extxyz", start=6, name="val")
+        model = TrainModel(data=data.frames, validation_data=val.frames, config="models/tiny.yaml")
+        md = MDSampling(data=data.frames, model=model, steps=40, sampling_rate=10, timestep=1.0,
+                        checks=[{"kind": "forces_uncertainty", "max_value": 50.0}])
+        opt = GeometryOptimisation(data=md.frames, model=model, fmax=0.5, max_steps=50)
+    project.repro()
+    loaded = zntrack.from_rev(md.name)
+    assert loaded.metrics["frames"] == len(loaded.frames) > 0
+    assert len(zntrack.from_rev(opt.name).frames) >= 1
