@@ -2,6 +2,7 @@
 # Every step is idempotent: it checks before it installs, so re-runs are cheap.
 SHELL := /bin/bash
 PYTEST_ARGS ?=
+DEMO_DIR ?= lotf-demo
 
 .PHONY: setup system-packages python-env demo test test-slow bench clean
 
@@ -22,7 +23,7 @@ python-env:
 	@python3 -m uv sync --frozen --quiet
 
 demo: setup
-	.venv/bin/lotf demo
+	.venv/bin/lotf demo $(DEMO_DIR)
 
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
