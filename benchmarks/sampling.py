@@ -56,7 +56,7 @@ def sampling_benchmark(steps: int = 100, repeats: int = 5, quick: bool = False) 
     graph = jax.tree_util.tree_map(jnp.asarray, collate([structure_arrays(atoms, species, config.r_max)]))
     params = model.init(jax.random.PRNGKey(0), graph)
 
-    runs, blocks, carries, compile_s = {}, {}, {}, {}
+    runs, carries, compile_s = {}, {}, {}
     schedule = jnp.full(steps // sampling_rate, sampling_rate, jnp.int32)
     for method in ("md", "udd", "erbs", "erbs_own_list"):
         run = MDRun(atoms, _forcefield(method, model, params, species), Berendsen(timestep=0.5, tau=500.0),

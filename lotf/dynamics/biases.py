@@ -55,7 +55,6 @@ from ase import units
 
 from lotf.potential import descriptor as gm
 
-
 # ---------------------------------------------------------------------------------------------
 # UDD
 # ---------------------------------------------------------------------------------------------
@@ -236,8 +235,8 @@ class ERBS:
             only, kernels accumulate incrementally).
         merge_threshold: Mahalanobis distance below which a new kernel is merged (0.4).
         n_basis, r_min, r_max, contractions: the element-blind Gaussian-moment descriptor.
-            ``r_max`` None (default) takes the base potential's cutoff, so the bias shares the
-            model's neighbour list (6 Å, the reference's value, for an ASE calculator). A
+            ``r_max`` None (default) takes the cutoff of the first energy term (the MLP), so the
+            bias shares the model's neighbour list (6 Å, the reference's value, for an ASE calculator). A
             separate list costs a second set of pairs: 1.42x instead of 1.19x the unbiased step
             on the benchmark box.
         dtype: precision of the descriptor's basis, moments and contractions ("float32", like the

@@ -44,8 +44,7 @@ import jax
 import jax.numpy as jnp
 from ase import units
 
-from lotf.dynamics.state import (MDState, ThermostatState, kinetic_energy, kinetic_tensor, pressure_tensor,
-                                 volume)
+from lotf.dynamics.state import MDState, ThermostatState, kinetic_energy, pressure_tensor, volume
 
 ForceFn = Callable[[MDState], MDState]
 

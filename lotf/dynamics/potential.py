@@ -162,8 +162,9 @@ class ForceField:
 
     def __post_init__(self):
         self.kind = bias_kind(self.bias)
-        if self.kind == "erbs" and self.bias.r_max is None:  # share the base potential's list
-            self.bias = dataclasses.replace(self.bias, r_max=max(self.base.cutoffs, default=6.0))
+        if self.kind == "erbs" and self.bias.r_max is None:  # share the first term's (the MLP's) list
+            r_max = self.base.cutoffs[0] if self.base.cutoffs else 6.0
+            self.bias = dataclasses.replace(self.bias, r_max=r_max)
         self.term_lists = [self.require_cutoff(c) for c in self.base.cutoffs]
         self.bias_list = self.require_cutoff(self.bias.r_max) if self.kind == "erbs" else None
 

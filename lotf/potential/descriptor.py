@@ -127,14 +127,19 @@ def contract(m0, m1, m2, m3, contractions: tuple[int, ...]) -> jax.Array:
     return jnp.concatenate(blocks, axis=1)
 
 
-def pair_geometry(graph) -> tuple[jax.Array, jax.Array]:
+def pair_geometry(graph, dtype=None) -> tuple[jax.Array, jax.Array]:
     """Pair vectors r[n, k] = R_j - R_n + S @ cell and distances, (N, K, 3) and (N, K).
 
-    Padded slots get a dummy unit vector so neither values nor gradients become NaN.
+    The difference is taken in the positions' precision (float64), then cast to ``dtype``:
+    pair vectors are small, so float32 loses nothing that matters there, and a float32 norm
+    and its gradient are much cheaper on CPU than mixed precision. Padded slots get a dummy
+    unit vector so neither values nor gradients become NaN.
     """
     cell_of_atom = graph.cells[graph.structure]  # (N, 3, 3)
     offset = jnp.einsum("nka,nab->nkb", graph.shifts, cell_of_atom)
     vec = graph.positions[graph.neighbors] - graph.positions[:, None, :] + offset
+    if dtype is not None:
+        vec = vec.astype(dtype)
     vec = jnp.where(graph.pair_mask[..., None], vec, jnp.array([1.0, 0.0, 0.0], vec.dtype))
     dist = jnp.sqrt(jnp.sum(vec * vec, axis=-1))
     return vec, dist

@@ -149,9 +149,8 @@ class GMNN(nn.Module):
         dtype = cfg.jnp_dtype
         n_species = max(len(cfg.species), 1)
 
-        vec, dist = gm.pair_geometry(graph)
-        unit = (vec / dist[..., None]).astype(dtype)
-        dist = dist.astype(dtype)
+        vec, dist = gm.pair_geometry(graph, dtype)
+        unit = vec / dist[..., None]
         if cfg.basis == "gaussian":
             basis = gm.gaussian_basis(dist, cfg.n_basis, cfg.r_min, cfg.r_max)
         else:

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from ase import units
 
-from lotf.dynamics.biases import (ERBS, UDD, add_kernel, empty_kernels, fit_pca, log_density, log_normalisation,
-                                  opes_bias)
+from lotf.dynamics.biases import (
+    ERBS,
+    UDD,
+    add_kernel,
+    empty_kernels,
+    fit_pca,
+    log_density,
+    log_normalisation,
+    opes_bias,
+)
 from lotf.dynamics.potential import ForceField, JaxBase
 from lotf.potential.calculator import EnergyTerm
 from tests.dynamics.helpers import RC, Evaluator, argon_fcc, lj_forcefield, nonlinear_ensemble_fn, strained_atoms

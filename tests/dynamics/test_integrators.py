@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 from ase import units
 
-from lotf.dynamics.integrators import (Berendsen, Bussi, Langevin, NoseHooverChain, StochasticCellRescaling,
-                                       VelocityVerlet, make_integrator)
+from lotf.dynamics.integrators import (
+    Berendsen,
+    Bussi,
+    Langevin,
+    NoseHooverChain,
+    StochasticCellRescaling,
+    VelocityVerlet,
+    make_integrator,
+)
 from lotf.dynamics.md import MDRun
 from lotf.dynamics.state import EV_PER_A3_TO_BAR
 from tests.dynamics.helpers import argon_fcc, argon_liquid, lj_forcefield

@@ -17,7 +17,7 @@ from lotf.dynamics.potential import AseBase, ForceField
 from lotf.dynamics.state import AMU_PER_A3_TO_G_PER_CM3, MDState, ThermostatState
 from lotf.potential import neighbors
 from lotf.potential.calculator import EnergyTerm, LotfCalculator
-from tests.dynamics.helpers import RC, SIGMA, EPS, argon_fcc, argon_liquid, lj_energy_fn, lj_forcefield, neighbor_lists
+from tests.dynamics.helpers import EPS, RC, SIGMA, argon_fcc, argon_liquid, lj_energy_fn, lj_forcefield, neighbor_lists
 
 
 def md(atoms, ff=None, integrator=None, steps=200, **kw):
@@ -158,8 +158,8 @@ def test_ase_calculator_path_matches_the_jax_path():
 
 
 def test_ase_path_without_uncertainty_refuses_uncertainty_checks():
-    from ase.calculators.emt import EMT
     from ase.build import bulk
+    from ase.calculators.emt import EMT
 
     cu = bulk("Cu", cubic=True).repeat(2)
     with pytest.raises(ValueError, match="needs ensemble uncertainties"):

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from ase import units
 
-from lotf.dynamics.modifiers import (Control, DensityRamp, PressureRamp, TemperatureRamp, eq9, from_dict,
-                                     t_per_for)
+from lotf.dynamics.modifiers import Control, DensityRamp, PressureRamp, TemperatureRamp, eq9, from_dict, t_per_for
 
 
 @pytest.mark.parametrize("t", [0.0, 1.0, 123.4, 2500.0, 9999.0, 10000.0])
