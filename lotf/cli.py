@@ -151,6 +151,18 @@ def bench_selection():
     typer.echo(json.dumps(_load_benchmark("selection").selection_benchmark()))
 
 
+@bench_app.command("d3")
+def bench_d3():
+    """GMNN alone vs fused GMNN+D3(7.94 Å) and GMNN+D3(20 Å) on the 300-atom BMIM-BF4 box."""
+    typer.echo(json.dumps(_load_benchmark("d3").d3_benchmark()))
+
+
+@bench_app.command("cp2k")
+def bench_cp2k():
+    """CP2K time per structure through the labelling pipeline vs the bare cp2k.psmp run."""
+    typer.echo(json.dumps(_load_benchmark("cp2k").cp2k_benchmark()))
+
+
 @app.command()
 def demo(directory: Path = typer.Argument(Path("lotf-demo"), help="working directory for the demo")):
     """Train a small ensemble and predict with it (the full campaign demo replaces this)."""

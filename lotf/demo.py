@@ -41,8 +41,8 @@ def emt_frames(n: int, seed: int = 0) -> list:
     return frames
 
 
-def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> None:
-    result = subprocess.run(cmd, cwd=cwd, env=env)
+def _run(cmd: list[str], cwd: Path) -> None:
+    result = subprocess.run(cmd, cwd=cwd)
     if result.returncode != 0:
         raise RuntimeError(f"'{' '.join(cmd)}' failed with exit code {result.returncode} in {cwd}")
 
@@ -77,9 +77,10 @@ def prepare_project(directory: Path, campaigns: list[str] | None = None, profile
 
 def run_demo(directory: Path, campaigns: list[str] | None = None) -> None:
     start = time.perf_counter()
+    # dvc and zntrack of this environment, also when started as .venv/bin/lotf without activation
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     directory = prepare_project(Path(directory), campaigns)
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    _run(["dvc", "repro"], directory, env)
+    _run(["dvc", "repro"], directory)
     _run(["git", "add", "-A"], directory)
     subprocess.run(["git", "commit", "-qm", "lotf demo: smoke campaigns"], cwd=directory, capture_output=True)
     print_reports(directory)
