@@ -18,31 +18,16 @@ app.add_typer(bench_app, name="bench")
 
 def read_frames(path: str | Path) -> list:
     """Any ASE-readable file, or H5MD (.h5/.h5md) through znh5md."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix in (".h5", ".h5md"):
-        import znh5md
+    from lotf.reference.labelling import read_frames as _read
 
-        return list(znh5md.IO(str(path))[:])
-    import ase.io
-
-    return list(ase.io.iread(str(path), index=":"))
+    return _read(path)
 
 
 def write_frames(path: str | Path, frames: list) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix in (".h5", ".h5md"):
-        import znh5md
+    """H5MD for .h5/.h5md, else by suffix through ase.io; written atomically."""
+    from lotf.reference.labelling import write_frames as _write
 
-        if path.exists():
-            path.unlink()
-        znh5md.IO(str(path)).extend(frames)
-    else:
-        import ase.io
-
-        ase.io.write(str(path), frames)
+    _write(path, frames)
 
 
 @app.command()

@@ -148,7 +148,7 @@ def test_cli_train_and_predict(frames, tmp_path):
     assert sigma.shape == (32, 3) and np.all(sigma >= 0)
     bad = subprocess.run(lotf_cmd + ["predict", str(tmp_path / "m"), str(tmp_path / "missing.xyz"),
                                      str(tmp_path / "o.xyz")], capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "no such file" in bad.stderr
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
 
 
 def test_partial_last_batch_and_non_periodic_frames_train_finitely(frames, tmp_path):
