@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import ase
-import h5py
-import znh5md
 import zntrack
+
+from lotf.nodes.frames import read_h5md
 
 from lotf.reference.labelling import label_frames, write_frames
 
@@ -53,8 +53,4 @@ class CP2KLabel(zntrack.Node):
 
     @property
     def frames(self) -> list[ase.Atoms]:
-        with self.state.fs.open(self.frames_path, "rb") as fh:
-            with h5py.File(fh, "r") as h5:
-                if "particles" not in h5:  # every structure failed
-                    return []
-                return znh5md.IO(file_handle=h5)[:]
+        return read_h5md(self, self.frames_path)  # empty when every structure failed

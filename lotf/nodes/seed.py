@@ -10,11 +10,10 @@ import pathlib
 import time
 
 import ase
-import h5py
 import numpy as np
-import znh5md
 import zntrack
 
+from lotf.nodes.frames import read_h5md, write_h5md
 from lotf.reference import gromacs, structures
 
 
@@ -24,14 +23,11 @@ class _FramesNode(zntrack.Node):
     frames_path: pathlib.Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
 
     def _write(self, frames: list[ase.Atoms]) -> None:
-        pathlib.Path(self.frames_path).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(self.frames_path).unlink(missing_ok=True)
-        znh5md.IO(self.frames_path).extend(frames)
+        write_h5md(self.frames_path, frames)
 
     @property
     def frames(self) -> list[ase.Atoms]:
-        with self.state.fs.open(self.frames_path, "rb") as f, h5py.File(f) as file:
-            return znh5md.IO(file_handle=file)[:]
+        return read_h5md(self, self.frames_path)
 
 
 def _pick(frames: list[ase.Atoms], ids: list[int] | None, field: str) -> list[ase.Atoms]:
