@@ -25,7 +25,10 @@ def _molecule(smiles: str, seed: int) -> Atoms:
 
     mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
     AllChem.EmbedMolecule(mol, randomSeed=seed)
-    AllChem.MMFFOptimizeMolecule(mol) if AllChem.MMFFHasAllMoleculeParams(mol) else AllChem.UFFOptimizeMolecule(mol)
+    if AllChem.MMFFHasAllMoleculeParams(mol):
+        AllChem.MMFFOptimizeMolecule(mol)
+    else:  # MMFF has no boron parameters
+        AllChem.UFFOptimizeMolecule(mol)
     pos = mol.GetConformer().GetPositions()
     return Atoms([a.GetSymbol() for a in mol.GetAtoms()], positions=pos - pos.mean(0))
 
