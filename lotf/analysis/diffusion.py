@@ -607,19 +607,12 @@ def extrapolate_box_size(
     if np.any(L <= 0):
         raise ValueError("box_lengths must be positive")
     X = np.stack([np.ones_like(L), 1.0 / L], axis=1)
+    s = None
     if D_err is not None:
         s = np.asarray(D_err, float)
         if s.shape != y.shape or np.any(s <= 0):
             raise ValueError("D_err must be positive and match D")
-        w = 1.0 / s**2
-        cov = np.linalg.inv(X.T @ (w[:, None] * X))
-        beta = cov @ (X.T @ (w * y))
-    else:
-        cov0 = np.linalg.inv(X.T @ X)
-        beta = cov0 @ (X.T @ y)
-        dof = len(L) - 2
-        resid = y - X @ beta
-        cov = cov0 * (resid @ resid / dof) if dof > 0 else np.full((2, 2), np.nan)
+    beta, cov = _linear_fit(X, y, s)
     D_inf, slope = map(float, beta)
     D_inf_err, slope_err = map(float, np.sqrt(np.diag(cov)))
     eta = eta_err = None
@@ -628,6 +621,20 @@ def extrapolate_box_size(
         eta = constants.k * temperature * xi / (6.0 * np.pi * (-slope) * 1e-21) * 1e3
         eta_err = eta * slope_err / abs(slope)
     return BoxSizeExtrapolation(D_inf, D_inf_err, slope, slope_err, eta, eta_err)
+
+
+def _linear_fit(X: np.ndarray, y: np.ndarray, sigma: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares y ≈ X β with covariance: weighted by 1/σ² when σ is given, else scaled by the
+    residual variance (NaN covariance when there are no degrees of freedom left)."""
+    if sigma is not None:
+        w = 1.0 / sigma**2
+        cov = np.linalg.inv(X.T @ (w[:, None] * X))
+        return cov @ (X.T @ (w * y)), cov
+    cov0 = np.linalg.inv(X.T @ X)
+    beta = cov0 @ (X.T @ y)
+    dof = len(y) - X.shape[1]
+    resid = y - X @ beta
+    return beta, cov0 * (resid @ resid / dof) if dof > 0 else np.full((X.shape[1],) * 2, np.nan)
 
 
 # --------------------------------------------------------------------------- Arrhenius
@@ -667,17 +674,7 @@ def arrhenius_fit(
         raise ValueError("temperatures and D must be positive")
     X = np.stack([np.ones_like(T), -1.0 / (R_KJ * T)], axis=1)
     ln = np.log(y)
-    if D_err is not None:
-        s = np.asarray(D_err, float) / y
-        w = 1.0 / s**2
-        cov = np.linalg.inv(X.T @ (w[:, None] * X))
-        beta = cov @ (X.T @ (w * ln))
-    else:
-        cov0 = np.linalg.inv(X.T @ X)
-        beta = cov0 @ (X.T @ ln)
-        dof = len(T) - 2
-        resid = ln - X @ beta
-        cov = cov0 * (resid @ resid / dof) if dof > 0 else np.full((2, 2), np.nan)
+    beta, cov = _linear_fit(X, ln, None if D_err is None else np.asarray(D_err, float) / y)
     ln_d0, ea = map(float, beta)
     err = np.sqrt(np.diag(cov))
     return ArrheniusFit(ea, float(err[1]), float(np.exp(ln_d0)), float(err[0]))
