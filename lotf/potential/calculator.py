@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase.calculators import calculator as ase_calculator
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
@@ -20,11 +21,10 @@ from lotf.potential import neighbors
 from lotf.potential.model import Graph, Model, species_index
 from lotf.potential.predict import make_predict
 
+# register the ensemble results so ASE (e.g. the extxyz writer) treats them as properties
 for _name in ("energy_uncertainty", "forces_uncertainty", "energy_ensemble", "forces_ensemble"):
-    from ase.calculators import calculator as _ase_calc
-
-    if _name not in _ase_calc.all_properties:
-        _ase_calc.all_properties.append(_name)
+    if _name not in ase_calculator.all_properties:
+        ase_calculator.all_properties.append(_name)
 
 
 @dataclass
