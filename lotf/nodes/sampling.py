@@ -18,16 +18,35 @@ import zntrack
 from lotf.nodes.frames import flatten, read_h5md
 
 
-def forcefield_for(model: Any, bias=None):
-    """A :class:`~lotf.dynamics.potential.ForceField` for a model node, directory or calculator."""
-    from lotf.dynamics.potential import AseBase, ForceField, JaxBase
+def forcefield_for(model: Any, bias=None, d3: dict | None = None):
+    """A :class:`~lotf.dynamics.potential.ForceField` for a model node, directory or calculator.
+
+    ``d3`` (options of :func:`lotf.potential.d3_calculator.d3_energy_term`, e.g. ``{"cutoff": 20.0}``)
+    adds D3(BJ) dispersion to a JAX model: the hybrid MLP+D3 of seed 1, in the same jitted step.
+    """
+    from lotf.dynamics.potential import JaxBase
+
+    base = _base_potential(model)
+    if d3:
+        from lotf.potential.d3_calculator import d3_energy_term
+
+        if not isinstance(base, JaxBase):
+            raise ValueError("d3: a D3 term can only be added to a lotf (JAX) model, not to an ASE calculator")
+        base = JaxBase([*base.terms, d3_energy_term(base.species, **d3)], base.species, base.ddof)
+    from lotf.dynamics.potential import ForceField
+
+    return ForceField(base, bias)
+
+
+def _base_potential(model: Any):
+    from lotf.dynamics.potential import AseBase, JaxBase
     from lotf.potential.calculator import LotfCalculator
 
     if isinstance(model, (str, Path)):
-        return ForceField(JaxBase.from_model_dir(model), bias)
+        return JaxBase.from_model_dir(model)
     model_dir = getattr(model, "model_dir", None)
     if model_dir is not None and Path(model_dir).is_dir():
-        return ForceField(JaxBase.from_model_dir(model_dir), bias)
+        return JaxBase.from_model_dir(model_dir)
     if hasattr(model, "get_calculator"):
         calc = model.get_calculator()
     elif hasattr(model, "get_potential_energy") or hasattr(model, "calculate"):
@@ -35,8 +54,8 @@ def forcefield_for(model: Any, bias=None):
     else:
         raise TypeError(f"model: {type(model).__name__} has neither 'model_dir' nor 'get_calculator()'")
     if isinstance(calc, LotfCalculator):
-        return ForceField(JaxBase(calc.terms, calc.species), bias)
-    return ForceField(AseBase(calc), bias)
+        return JaxBase(calc.terms, calc.species, calc.ddof)
+    return AseBase(calc)
 
 
 def _start_structure(data, data_id: int, node: str) -> ase.Atoms:
@@ -66,6 +85,8 @@ class MDSampling(zntrack.Node):
             "T_amp": 150, "n_oscillations": 10} (seed 1 eq. 9; kinds temperature/density/pressure).
         checks: list of dicts, e.g. {"kind": "forces_uncertainty", "max_value": 0.5} (seed 1 eq. 8).
         on_trigger: "stop" (keep frames up to the last accepted one) or "reset" (safe sampling).
+        d3: empty, or D3(BJ) options ({"functional": "b97-3c", "cutoff": 20.0, ...}) to run the
+            hybrid MLP+D3 (seed 1's MLP+D3(8 Å) and MLP+D3(20 Å) density runs).
     """
 
     data: list = zntrack.deps()
@@ -85,6 +106,7 @@ class MDSampling(zntrack.Node):
     modifiers: list = zntrack.params(default_factory=list)
     checks: list = zntrack.params(default_factory=lambda: [{"kind": "forces_uncertainty", "max_value": 0.5}])
     on_trigger: str = zntrack.params("stop")
+    d3: dict = zntrack.params(default_factory=dict)
 
     frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
     metrics: dict = zntrack.metrics()
@@ -101,7 +123,7 @@ class MDSampling(zntrack.Node):
         integrator = make_integrator(self.thermostat, self.timestep, self.ensemble, self.thermostat_params,
                                      self.barostat)
         run = MDRun(
-            atoms, forcefield_for(self.model, bias), integrator, steps=self.steps, temperature=self.temperature,
+            atoms, forcefield_for(self.model, bias, self.d3), integrator, steps=self.steps, temperature=self.temperature,
             sampling_rate=self.sampling_rate, seed=self.seed,
             modifiers=[modifiers.from_dict(m) for m in self.modifiers],
             checks=[checks.from_dict(c) for c in self.checks], on_trigger=self.on_trigger,

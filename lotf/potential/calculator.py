@@ -85,6 +85,7 @@ class LotfCalculator(Calculator):
         self.species = tuple(species)
         self.members = members
         self.skin = skin
+        self.ddof = int(ddof)
         self._predict = jax.jit(make_predict([t.fn for t in self.terms], members=members, ddof=ddof))
         self._lists = [TermNeighbors(t.cutoff, skin) for t in self.terms]
         self.implemented_properties = ["energy", "free_energy", "forces", "stress"]

@@ -235,3 +235,27 @@ def recompute_labels(frames: Sequence[Atoms], calculator: D3Calculator, mode: st
         new.calc = SinglePointCalculator(new, **results)
         out.append(new)
     return out
+
+
+D3_TERM_OPTIONS = ("functional", "cutoff", "cn_cutoff", "convention", "short_range_correction", "parameter_file")
+
+
+def d3_energy_term(elements: Sequence[int], functional: str | BJParams = "b97-3c", cutoff: float = 20.0,
+                   **options):
+    """D3(BJ) two-body dispersion as an :class:`~lotf.potential.calculator.EnergyTerm` (hybrid MLP+D3).
+
+    The same numbers as :class:`D3Calculator` with these options (``cn_cutoff``, ``convention``,
+    ``short_range_correction``, ``parameter_file``), for the elements listed. The three-body term
+    is not offered here: it needs fixed triangle capacities, which MD cannot know in advance.
+    """
+    from lotf.potential.calculator import EnergyTerm
+
+    if options.pop("three_body", False):
+        raise ValueError("d3: the three-body term is not available in MD (use three_body: false)")
+    unknown = set(options) - set(D3_TERM_OPTIONS)
+    if unknown:
+        raise ValueError(f"d3: unknown option '{sorted(unknown)[0]}' (known: {', '.join(D3_TERM_OPTIONS)})")
+    elements = tuple(sorted({int(z) for z in elements}))
+    check_elements(elements, " (d3)")
+    term = D3Term(damping_parameters(functional), cutoff=float(cutoff), elements=elements, **options)
+    return EnergyTerm(fn=term.structure_energies, params=term.params(), cutoff=term.list_cutoff)

@@ -105,3 +105,33 @@ def test_sampling_pipeline_with_dvc(tmp_path, monkeypatch):
     loaded = zntrack.from_rev(md.name)
     assert loaded.metrics["frames"] == len(loaded.frames) > 0
     assert len(zntrack.from_rev(opt.name).frames) >= 1
+
+
+def test_md_sampling_hybrid_d3_matches_calculators(workdir, model_dir):
+    """MLP+D3 in the jitted MD step equals the model calculator plus the D3 calculator."""
+    from lotf.potential.d3_calculator import D3Calculator
+    from lotf.potential.io import load_calculator
+
+    node = MDSampling(data=emt_frames(1), model=types.SimpleNamespace(model_dir=model_dir), steps=20,
+                      sampling_rate=10, timestep=1.0, temperature=300.0, checks=[], ensemble="npt",
+                      barostat={"compressibility": 1e-6}, d3={"functional": "b97-3c", "cutoff": 8.0})
+    node.run()
+    frames = node.frames
+    assert len(frames) == 2
+    mlp, d3 = load_calculator(model_dir), D3Calculator("b97-3c", cutoff=8.0)
+    for frame in frames:
+        a, b = frame.copy(), frame.copy()
+        a.calc, b.calc = mlp, d3
+        e_d3 = b.get_potential_energy()
+        assert abs(e_d3) > 1e-3  # the term is really there
+        assert frame.get_potential_energy() == pytest.approx(a.get_potential_energy() + e_d3, abs=1e-8)
+        np.testing.assert_allclose(frame.get_forces(), a.get_forces() + b.get_forces(), atol=1e-8)
+        np.testing.assert_allclose(frame.get_stress(), a.get_stress() + b.get_stress(), atol=1e-9)
+
+
+def test_md_sampling_d3_rejects_bad_options(model_dir):
+    model = types.SimpleNamespace(model_dir=model_dir)
+    with pytest.raises(ValueError, match="unknown option 'cutof'"):
+        forcefield_for(model, d3={"cutof": 8.0})
+    with pytest.raises(ValueError, match="three-body"):
+        forcefield_for(model, d3={"cutoff": 8.0, "three_body": True})
