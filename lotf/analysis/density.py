@@ -106,11 +106,20 @@ def load_experimental_density(
 def experimental_density(
     temperature: float, name: str = "bmim_bf4_density", directory: Path | None = None
 ) -> float:
-    """Experimental density (g/cm^3) linearly interpolated in the table's temperature range."""
+    """Experimental density (g/cm^3) linearly interpolated in the table's temperature range.
+
+    Up to 1 K beyond either end the end segment is extended (283 K against a table that starts
+    at 283.15 K); further out is an error.
+    """
     df = load_experimental_density(name, directory).sort_values("T_K")
     t = df["T_K"].to_numpy(float)
-    if not t[0] <= temperature <= t[-1]:
+    rho = df["density_g_cm3"].to_numpy(float)
+    if not t[0] - 1.0 <= temperature <= t[-1] + 1.0:
         raise ValueError(
             f"temperature {temperature} K outside the table range {t[0]}-{t[-1]} K of {name}"
         )
-    return float(np.interp(temperature, t, df["density_g_cm3"].to_numpy(float)))
+    if len(t) > 1 and (temperature < t[0] or temperature > t[-1]):
+        i = 0 if temperature < t[0] else len(t) - 2
+        slope = (rho[i + 1] - rho[i]) / (t[i + 1] - t[i])
+        return float(rho[i] + slope * (temperature - t[i]))
+    return float(np.interp(temperature, t, rho))

@@ -284,3 +284,20 @@ def plot_bars(
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
     return _save(fig, path)
+
+
+def plot_trend(table, path, ylabel: str, reference: float | None = None, reference_label: str = "") -> Path:
+    """``table`` columns series, step, value, error: one line per series over the steps."""
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    for k, (series, sub) in enumerate(table.groupby("series", sort=False)):
+        x = np.arange(len(sub))
+        err = sub["error"].to_numpy(float)
+        ax.errorbar(x, sub["value"], yerr=None if np.all(np.isnan(err)) else err, fmt="o-", capsize=3,
+                    color=f"C{k}", label=str(series))
+        ax.set_xticks(x, [str(s) for s in sub["step"]], rotation=45, ha="right", fontsize=7)
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=1, label=reference_label or None)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -191,42 +191,57 @@ def default_groups(atoms: ase.Atoms) -> list[str]:
 
 
 class BoxSizeExtrapolation(zntrack.Node):
-    """D(L) -> infinite box by a linear fit in 1/L over several :class:`Diffusion` nodes."""
+    """D(L) -> infinite box by a linear fit in 1/L over several :class:`Diffusion` nodes.
+
+    Metrics per group use the keys of :class:`Diffusion` (``D_A2_per_ns`` is the extrapolated
+    value, ``D_sem_A2_per_ns`` its standard error), so :class:`ArrheniusPlot` takes these nodes
+    as it takes Diffusion nodes. ``temperature`` None: the Diffusion nodes' common temperature.
+    """
 
     diffusions: list = zntrack.deps()
-    group: str = zntrack.params()
+    groups: list[str] = zntrack.params()
     temperature: float | None = zntrack.params(None)
 
-    figure: Path = zntrack.plots_path(zntrack.nwd / "extrapolation.png")
+    figures: Path = zntrack.outs_path(zntrack.nwd / "figures")
     metrics: dict = zntrack.metrics()
 
     def run(self) -> None:
-        L, D, err = [], [], []
-        for node in self.diffusions:
-            m = node.metrics
-            if self.group not in m:
-                raise ValueError(f"group '{self.group}' not in the metrics of {node.name}")
-            L.append(m["box_length_A"])
-            D.append(m[self.group]["D_A2_per_ns"])
-            err.append(m[self.group]["D_sem_A2_per_ns"])
-        use_err = all(np.isfinite(e) and e > 0 for e in err)
-        fit = diffusion_lib.extrapolate_box_size(L, D, err if use_err else None, self.temperature)
-        self.metrics = {
-            "D_inf_A2_per_ns": fit.D_inf,
-            "D_inf_err_A2_per_ns": fit.D_inf_err,
-            "slope_A3_per_ns": fit.slope,
-            "viscosity_mPa_s": fit.viscosity_mpas,
-            "box_lengths_A": L,
-            "D_A2_per_ns": D,
-        }
-        self.nwd.mkdir(parents=True, exist_ok=True)
-        plots.plot_box_size_extrapolation(
-            L, D, err if use_err else None, fit, self.figure, self.group
-        )
+        if len(self.diffusions) < 2:
+            raise ValueError(f"BoxSizeExtrapolation: needs at least 2 box sizes, got {len(self.diffusions)}")
+        temperature = self.temperature
+        if temperature is None:
+            temps = {node.metrics.get("temperature_K") for node in self.diffusions}
+            if len(temps) != 1 or None in temps:
+                raise ValueError(f"BoxSizeExtrapolation: set 'temperature' (the runs have {sorted(map(str, temps))})")
+            temperature = temps.pop()
+        L = [node.metrics["box_length_A"] for node in self.diffusions]
+        self.figures.mkdir(parents=True, exist_ok=True)
+        metrics: dict = {"temperature_K": temperature, "box_lengths_A": L}
+        for group in self.groups:
+            D, err = [], []
+            for node in self.diffusions:
+                if group not in node.metrics:
+                    raise ValueError(f"group '{group}' not in the metrics of {node.name}")
+                D.append(node.metrics[group]["D_A2_per_ns"])
+                err.append(node.metrics[group]["D_sem_A2_per_ns"])
+            use_err = all(np.isfinite(e) and e > 0 for e in err)
+            fit = diffusion_lib.extrapolate_box_size(L, D, err if use_err else None, temperature)
+            metrics[group] = {
+                "D_A2_per_ns": fit.D_inf,
+                "D_sem_A2_per_ns": fit.D_inf_err,
+                "slope_A3_per_ns": fit.slope,
+                "viscosity_mPa_s": fit.viscosity_mpas,
+                "D_finite_A2_per_ns": D,
+            }
+            name = group.replace(":", "_")
+            plots.plot_box_size_extrapolation(L, D, err if use_err else None, fit,
+                                              self.figures / f"extrapolation_{name}.png", group)
+        self.metrics = metrics
 
 
 class ArrheniusPlot(zntrack.Node):
-    """Arrhenius fit and plot of D(T) from several :class:`Diffusion` nodes against experiment.
+    """Arrhenius fit and plot of D(T) from several :class:`Diffusion` (or
+    :class:`BoxSizeExtrapolation`) nodes against experiment.
 
     ``experimental`` maps a group label to a ``species`` of the experimental table, e.g.
     ``{"B": "BF4-", "com:C8H15N2": "BMIM+"}``.
@@ -312,6 +327,7 @@ class Density(zntrack.Node):
         )
         est = density_lib.density_estimate(series["density_g_cm3"], self.n_blocks)
         metrics = est.as_dict()
+        metrics["temperature_K"] = self.temperature
         reference = None
         if self.experimental and self.temperature is not None:
             reference = density_lib.experimental_density(self.temperature, self.experimental)
@@ -320,6 +336,113 @@ class Density(zntrack.Node):
         self.nwd.mkdir(parents=True, exist_ok=True)
         self.density = series.set_index("frame")
         plots.plot_density_trace(series["time_ps"], series["density_g_cm3"], self.figure, reference)
+        self.metrics = metrics
+
+
+class DensityComparison(zntrack.Node):
+    """Densities of several models and temperatures against experiment (seed 1 Fig. 7).
+
+    ``densities`` are :class:`Density` nodes (with ``temperature`` set), ``labels`` the model
+    label of each (e.g. "MLP", "MLP+D3(20 Å)"). Writes a table, density against T per model
+    (Fig. 7b) and a bar chart of every model at the lowest temperature (Fig. 7a).
+    """
+
+    densities: list = zntrack.deps()
+    labels: list[str] = zntrack.params()
+    experimental: str | None = zntrack.params("bmim_bf4_density")
+
+    table: Path = zntrack.plots_path(zntrack.nwd / "densities.csv")
+    figures: Path = zntrack.outs_path(zntrack.nwd / "figures")
+    metrics: dict = zntrack.metrics()
+
+    def run(self) -> None:
+        if len(self.labels) != len(self.densities):
+            raise ValueError(f"labels: {len(self.labels)} labels for {len(self.densities)} density nodes")
+        rows = []
+        for label, node in zip(self.labels, self.densities):
+            m = node.metrics
+            if m.get("temperature_K") is None:
+                raise ValueError(f"{node.name}: Density.temperature is not set")
+            ci_key = next((k for k in m if k.startswith("ci") and k.endswith("_g_cm3")), None)
+            rows.append({"model": label, "T_K": m["temperature_K"], "density_g_cm3": m["density_g_cm3"],
+                         "ci_g_cm3": m[ci_key] if ci_key else np.nan,
+                         "experimental_g_cm3": m.get("experimental_g_cm3", np.nan)})
+        df = pd.DataFrame(rows).sort_values(["model", "T_K"])
+        self.figures.mkdir(parents=True, exist_ok=True)
+        df.to_csv(self.table, index=False)
+        temperatures = sorted(df["T_K"].unique())
+        per_model = {}
+        for label, sub in df.groupby("model", sort=False):
+            sub = sub.set_index("T_K").reindex(temperatures)
+            per_model[label] = (sub["density_g_cm3"].to_numpy(), sub["ci_g_cm3"].to_numpy())
+        experiment = None
+        if self.experimental:
+            table = density_lib.load_experimental_density(self.experimental)
+            experiment = (table["T_K"].to_numpy(), table["density_g_cm3"].to_numpy())
+        plots.plot_density(temperatures, per_model, self.figures / "density_vs_T.png", experiment)
+        coldest = df[df["T_K"] == temperatures[0]]
+        bars = dict(zip(coldest["model"], coldest["density_g_cm3"]))
+        if self.experimental:
+            bars["experiment"] = density_lib.experimental_density(temperatures[0], self.experimental)
+        plots.plot_bars(bars, self.figures / f"density_{temperatures[0]:.0f}K.png", "ρ / g cm⁻³",
+                        dict(zip(coldest["model"], coldest["ci_g_cm3"])))
+        self.metrics = {
+            label: {f"{row.T_K:.0f}K": {"density_g_cm3": row.density_g_cm3,
+                                         "relative_error": (row.density_g_cm3 - row.experimental_g_cm3)
+                                         / row.experimental_g_cm3 if np.isfinite(row.experimental_g_cm3) else None}
+                    for row in sub.itertuples()}
+            for label, sub in df.groupby("model", sort=False)
+        }
+
+
+class ObservableTrend(zntrack.Node):
+    """One metric of several nodes along a sequence (e.g. D per active-learning iteration, seed 2 Fig. 5b).
+
+    ``key`` is a path into each node's metrics, "/"-separated (e.g. "com:H2O/D_yeh_hummer_A2_per_ns");
+    ``error_key`` likewise for the error bar. ``series`` names the curve of each node (e.g. "md",
+    "erbs") and ``steps`` its position on the x axis (e.g. the iteration). ``reference`` draws a
+    horizontal line (seed 2: the experimental 241 Å²/ns of water).
+    """
+
+    nodes: list = zntrack.deps()
+    key: str = zntrack.params()
+    error_key: str | None = zntrack.params(None)
+    series: list[str] = zntrack.params()
+    steps: list[str] = zntrack.params()
+    reference: float | None = zntrack.params(None)
+    reference_label: str = zntrack.params("experiment")
+    y_label: str = zntrack.params("")
+
+    table: Path = zntrack.plots_path(zntrack.nwd / "trend.csv")
+    figure: Path = zntrack.plots_path(zntrack.nwd / "trend.png")
+    metrics: dict = zntrack.metrics()
+
+    @staticmethod
+    def _lookup(metrics: dict, key: str, node_name: str):
+        value = metrics
+        for part in key.split("/"):
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"{node_name}: metric '{key}' not found (no '{part}')")
+            value = value[part]
+        return float(value)
+
+    def run(self) -> None:
+        if not len(self.nodes) == len(self.series) == len(self.steps):
+            raise ValueError(f"nodes, series and steps differ in length: {len(self.nodes)}, {len(self.series)}, "
+                             f"{len(self.steps)}")
+        rows = []
+        for node, series, step in zip(self.nodes, self.series, self.steps):
+            rows.append({"series": series, "step": step, "value": self._lookup(node.metrics, self.key, node.name),
+                         "error": self._lookup(node.metrics, self.error_key, node.name) if self.error_key
+                         else np.nan})
+        df = pd.DataFrame(rows)
+        self.nwd.mkdir(parents=True, exist_ok=True)
+        df.to_csv(self.table, index=False)
+        plots.plot_trend(df, self.figure, self.y_label or self.key, self.reference, self.reference_label)
+        metrics = {s: dict(zip(sub["step"], sub["value"])) for s, sub in df.groupby("series", sort=False)}
+        if self.reference is not None:
+            for s, sub in df.groupby("series", sort=False):
+                metrics[s]["last_relative_error"] = (sub["value"].iloc[-1] - self.reference) / self.reference
         self.metrics = metrics
 
 

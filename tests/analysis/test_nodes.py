@@ -117,11 +117,17 @@ def test_box_size_and_arrhenius_nodes(workdir):
             fake("b", 20.0, 353.0, 84.0),
             fake("c", 25.0, 353.0, 87.2),
         ],
-        group="B",
-        temperature=353.0,
+        groups=["B"],
     )
     ext.run()
-    assert ext.metrics["D_inf_A2_per_ns"] > 87.2 and ext.metrics["viscosity_mPa_s"] > 0
+    # D(L) = D_inf - c/L exactly through the three points? fit by hand and compare
+    inv_L = 1.0 / np.array([16.0, 20.0, 25.0])
+    slope, intercept = np.polyfit(inv_L, [80.0, 84.0, 87.2], 1)
+    assert ext.metrics["B"]["D_A2_per_ns"] == pytest.approx(intercept, rel=1e-6)
+    assert ext.metrics["B"]["viscosity_mPa_s"] > 0 and ext.metrics["temperature_K"] == 353.0
+    assert (ext.figures / "extrapolation_B.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="at least 2 box sizes"):
+        nodes.BoxSizeExtrapolation(diffusions=[fake("a", 16.0, 353.0, 80.0)], groups=["B"]).run()
     arr = nodes.ArrheniusPlot(
         diffusions=[
             fake("a", 16.0, 283.0, 5.0),
@@ -134,6 +140,10 @@ def test_box_size_and_arrhenius_nodes(workdir):
     arr.run()
     assert 20.0 < arr.metrics["B"]["Ea_kJ_mol"] < 60.0
     assert arr.figure.stat().st_size > 1000
+    # extrapolated values plot the same way: the Arrhenius node reads the D_inf of each T
+    arr_inf = nodes.ArrheniusPlot(diffusions=[ext, ext], groups=["B"], name="inf")
+    arr_inf.run()
+    np.testing.assert_allclose(pd.read_csv(arr_inf.data_file)["D_A2_per_ns"], [intercept, intercept], rtol=1e-9)
 
 
 def test_dihedrals_node(workdir):
@@ -245,3 +255,49 @@ def test_nodes_build_into_a_dvc_pipeline(workdir):
     params = (workdir / "params.yaml").read_text()
     assert "fit_window_ps" in params and "com:BF4" in params
     json.loads((workdir / "zntrack.json").read_text())
+
+
+def test_density_comparison_and_trend_nodes(workdir):
+    def dens(name, T, rho):
+        return types.SimpleNamespace(name=name, metrics={"temperature_K": T, "density_g_cm3": rho,
+                                                         "ci95_g_cm3": 0.01, "experimental_g_cm3": 1.2})
+
+    comp = nodes.DensityComparison(
+        densities=[dens("a", 283.0, 1.10), dens("b", 353.0, 1.05), dens("c", 283.0, 1.19)],
+        labels=["MLP", "MLP", "MLP+D3(20 Å)"],
+    )
+    comp.run()
+    table = pd.read_csv(comp.table)
+    assert len(table) == 3 and set(table["model"]) == {"MLP", "MLP+D3(20 Å)"}
+    assert comp.metrics["MLP"]["283K"]["relative_error"] == pytest.approx((1.10 - 1.2) / 1.2)
+    assert (comp.figures / "density_vs_T.png").stat().st_size > 1000
+    assert (comp.figures / "density_283K.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="labels"):
+        nodes.DensityComparison(densities=[dens("a", 283.0, 1.1)], labels=[], name="bad").run()
+
+    def diff(name, D):
+        return types.SimpleNamespace(name=name, metrics={"com:H2O": {"D_A2_per_ns": D, "D_sem_A2_per_ns": 5.0}})
+
+    trend = nodes.ObservableTrend(
+        nodes=[diff("md1", 300.0), diff("md2", 280.0), diff("erbs1", 250.0), diff("erbs2", 245.0)],
+        key="com:H2O/D_A2_per_ns", error_key="com:H2O/D_sem_A2_per_ns", series=["md", "md", "erbs", "erbs"],
+        steps=["AL1", "AL2", "AL1", "AL2"], reference=241.0,
+    )
+    trend.run()
+    assert trend.metrics["md"]["AL2"] == 280.0
+    assert trend.metrics["erbs"]["last_relative_error"] == pytest.approx(4.0 / 241.0)
+    assert trend.figure.stat().st_size > 1000
+    with pytest.raises(ValueError, match="not found"):
+        nodes.ObservableTrend(nodes=[diff("x", 1.0)], key="com:H2O/nope", series=["a"], steps=["1"],
+                              name="bad").run()
+
+
+def test_experimental_density_extends_one_kelvin():
+    from lotf.analysis.density import experimental_density, load_experimental_density
+
+    table = load_experimental_density("bmim_bf4_density").sort_values("T_K")
+    (t0, t1), (r0, r1) = table["T_K"].iloc[:2], table["density_g_cm3"].iloc[:2]
+    assert experimental_density(283.0) == pytest.approx(r0 + (r1 - r0) / (t1 - t0) * (283.0 - t0))
+    assert experimental_density(t0) == pytest.approx(r0)
+    with pytest.raises(ValueError, match="outside the table range"):
+        experimental_density(270.0)
