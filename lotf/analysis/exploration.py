@@ -146,3 +146,29 @@ def pca_common_basis(descriptor_sets: Sequence[np.ndarray], n_components: int = 
     var = s**2
     ratio = var[:n_components] / var.sum() if var.sum() > 0 else np.zeros(n_components)
     return PCAResult([(x - mean) @ comps.T for x in sets], comps, mean, ratio)
+
+
+def gaussian_moment_descriptor(
+    r_max: float = 6.0, n_basis: int = 4, r_min: float = 1.1
+) -> Callable[[ase.Atoms], np.ndarray]:
+    """``atoms -> (F,)``: the element-blind Gaussian moments averaged over atoms (ERBS's CV input).
+
+    Needs no trained model, so trajectories of different models share one descriptor. The
+    neighbour rows are padded to a multiple of 16 so similar frames reuse one compilation.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from lotf.potential.descriptor import averaged_descriptor
+    from lotf.potential.graph import collate, structure_arrays
+
+    fn = jax.jit(lambda g: averaged_descriptor(g, n_basis=n_basis, r_min=r_min, r_max=r_max)[0])
+
+    def descriptor(atoms: ase.Atoms) -> np.ndarray:
+        species = tuple(sorted(set(atoms.numbers.tolist())))
+        arrays = structure_arrays(atoms, species, r_max)
+        width = max(16, -(-arrays.neighbors.shape[1] // 16) * 16)
+        graph = collate([arrays], n_neighbors=width)
+        return np.asarray(fn(jax.tree_util.tree_map(jnp.asarray, graph)))
+
+    return descriptor

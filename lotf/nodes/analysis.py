@@ -549,8 +549,9 @@ class ExplorationMetrics(zntrack.Node):
     """Seed-2 exploration metrics for one or several sampling runs.
 
     * maximum displacement MSD of the ``group`` centres of mass (default BF4-);
-    * PCA of system-averaged descriptors in one common basis, when ``model`` is given and
-      exposes ``get_descriptor()`` returning a callable ``atoms -> (n_atoms, n_features)``;
+    * PCA of system-averaged descriptors in one common basis (``pca``): the descriptor of
+      ``model.get_descriptor()`` when the model has one (a callable ``atoms -> (n_atoms, F)``),
+      else the model-free Gaussian moments of ERBS with cutoff ``descriptor_r_max``;
     * (Phi, Psi) coverage on a ``bin_deg`` grid when ``phi_atoms``/``psi_atoms`` are given.
     """
 
@@ -561,6 +562,8 @@ class ExplorationMetrics(zntrack.Node):
     timestep_fs: float | None = zntrack.params(None)
     stride: int = zntrack.params(1)
     descriptor_stride: int = zntrack.params(10)
+    pca: bool = zntrack.params(True)
+    descriptor_r_max: float = zntrack.params(6.0)
     phi_atoms: list[int] | None = zntrack.params(None)
     psi_atoms: list[int] | None = zntrack.params(None)
     bin_deg: float = zntrack.params(15.0)
@@ -593,8 +596,11 @@ class ExplorationMetrics(zntrack.Node):
             self.figures / "max_com_msd.png",
             "max COM MSD / Å²",
         )
-        if self.model is not None and hasattr(self.model, "get_descriptor"):
-            fn = self.model.get_descriptor()
+        if self.pca:
+            if self.model is not None and hasattr(self.model, "get_descriptor"):
+                fn = self.model.get_descriptor()
+            else:  # the model-free ERBS descriptor: one basis for runs of different models
+                fn = exploration_lib.gaussian_moment_descriptor(self.descriptor_r_max)
             sets = [
                 exploration_lib.system_averaged_descriptors(s, fn, self.descriptor_stride)
                 for s in sources

@@ -81,3 +81,23 @@ def test_pca_errors():
         pca_common_basis([np.zeros((3, 4)), np.zeros((3, 5))])
     with pytest.raises(ValueError, match="n_components"):
         pca_common_basis([np.ones((3, 4))], n_components=5)
+
+
+def test_gaussian_moment_descriptor_is_intensive_and_invariant():
+    from ase.build import bulk
+
+    from lotf.analysis.exploration import gaussian_moment_descriptor
+
+    atoms = bulk("NaCl", "rocksalt", a=5.6, cubic=True)
+    atoms.rattle(0.1, seed=3)
+    fn = gaussian_moment_descriptor(r_max=5.0)
+    d = fn(atoms)
+    assert d.ndim == 1 and np.all(np.isfinite(d)) and np.abs(d).max() > 0
+    np.testing.assert_allclose(fn(atoms.repeat((2, 1, 2))), d, rtol=1e-10, atol=1e-12)  # an average over atoms
+    moved = atoms.copy()
+    moved.positions += [0.3, -1.2, 2.0]
+    moved.wrap()
+    np.testing.assert_allclose(fn(moved), d, rtol=1e-10, atol=1e-12)
+    squeezed = atoms.copy()
+    squeezed.set_cell(atoms.cell * 0.97, scale_atoms=True)
+    assert np.abs(fn(squeezed) - d).max() > 1e-4  # and it sees the structure

@@ -226,6 +226,11 @@ def test_exploration_node(workdir):
     assert 0 < m["md"]["phi_psi_coverage"] <= 1
     assert (node.figures / "pca.png").exists()
 
+    # without a model: the model-free Gaussian moments in one common basis
+    free = nodes.ExplorationMetrics(data=runs, timestep_fs=1.0, descriptor_stride=10, name="free")
+    free.run()
+    assert len(free.metrics["pca_explained_variance_ratio"]) == 2 and free.metrics["md"]["pca_variance"] > 0
+
 
 class TrajSource(zntrack.Node):
     """Stand-in for an MD node that writes a trajectory file."""
