@@ -23,17 +23,33 @@ Frames are written every ``sampling_rate`` steps (not the start structure) with 
 (totals, bias included), stress (periodic), ``energy_uncertainty``, ``forces_uncertainty``,
 ``energy_bias``, ``forces_bias`` and ``info`` entries ``step``, ``time`` (fs), ``temperature``
 (instantaneous, K), ``target_temperature`` (K) and, under NPT, ``target_pressure`` (bar).
+
+Checkpoints (``checkpoint=path``, needs a trajectory): after every block, once its frames are in
+the H5MD file, the whole loop state (every leaf of the carry, PRNG key included; the neighbour-list
+specs; frame and re-run counters) and a fingerprint of the configuration (structure, steps,
+sampling, seed, temperature, integrator, modifiers, checks, bias, and the parameters of a JAX
+potential; only the class of an ASE calculator) are saved to an ``.npz`` file, atomically
+(temporary file + ``os.replace``), so a kill at any moment leaves either the old or the new
+checkpoint. A run that finds a checkpoint with the same fingerprint truncates the trajectory to
+the checkpointed frames (dropping frames written after it) and continues from there, giving the
+same trajectory as an uninterrupted run. A checkpoint that does not match, or a trajectory
+shorter than it, is ignored with a warning (fresh start). The checkpoint is deleted when a run
+finishes (all steps done or stopped by a check).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
+import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,10 +60,10 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from tqdm import tqdm
 
 from lotf.dynamics import checks as checks_mod
-from lotf.dynamics.biases import ERBS, UDD, erbs_capacity
+from lotf.dynamics.biases import ERBS, UDD, bias_kind, erbs_capacity
 from lotf.dynamics.integrators import StochasticCellRescaling
 from lotf.dynamics.modifiers import Control, DensityRamp, PressureRamp, TemperatureRamp
-from lotf.dynamics.potential import ForceField, make_graph
+from lotf.dynamics.potential import ForceField, JaxBase, make_graph
 from lotf.dynamics.state import MDState, Prediction, ThermostatState, maxwell_boltzmann, temperature
 from lotf.potential import neighbors
 
@@ -69,7 +85,11 @@ class Carry(NamedTuple):
 
 @dataclass
 class MDSummary:
-    """What a run did. ``steps_before_stop`` equals ``steps_done`` if no check ever fired."""
+    """What a run did. ``steps_before_stop`` equals ``steps_done`` if no check ever fired.
+
+    After a resume from a checkpoint the counts (steps, frames, resets, re-runs) are totals of the
+    whole run; ``wall_s`` and ``ms_per_step`` cover only this process (and the steps it ran).
+    """
 
     steps: int
     steps_done: int
@@ -88,6 +108,49 @@ class MDSummary:
 
 def _finite(x) -> jax.Array:
     return jnp.all(jnp.isfinite(x))
+
+
+CHECKPOINT_VERSION = 1
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _h5md_per_frame(name: str, obj) -> bool:
+    """Datasets with one entry per frame: ``value`` (and ``step``/``time`` when not scalars)."""
+    return (isinstance(obj, h5py.Dataset) and name.split("/")[0] in ("particles", "observables")
+            and name.rsplit("/", 1)[-1] in ("value", "step", "time") and obj.ndim >= 1)
+
+
+def _h5md_frames(path: Path) -> int | None:
+    """Frames every per-frame dataset holds (0 without a file); None if the file is unreadable."""
+    if not path.exists():
+        return 0
+    counts = []
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: counts.append(obj.shape[0]) if _h5md_per_frame(name, obj) else None)
+    except OSError:
+        return None
+    return min(counts, default=0)
+
+
+def _h5md_truncate(path: Path, n_frames: int) -> None:
+    """Drop frames beyond ``n_frames`` (written after the last checkpoint) from every dataset."""
+    if not path.exists():
+        return
+    with h5py.File(path, "r+") as f:
+        datasets = []
+        f.visititems(lambda name, obj: datasets.append(obj) if _h5md_per_frame(name, obj) else None)
+        for d in datasets:
+            if d.shape[0] > n_frames:
+                d.resize(n_frames, axis=0)
 
 
 @dataclass
@@ -112,6 +175,10 @@ class MDRun:
         neighbor_capacity: force the row capacity (tests use it to provoke overflows).
         use_momenta: start from the momenta stored in ``atoms`` instead of drawing new ones.
         progress: show a tqdm bar.
+        keep_frames: also keep the written frames in ``self.frames`` (always when there is no
+            trajectory). After a resume it holds only the frames of this process.
+        checkpoint: ``.npz`` path of the resumable state (see the module docstring); needs
+            ``trajectory``. None: no checkpoints, the trajectory is always started afresh.
     """
 
     atoms: Atoms
@@ -133,6 +200,7 @@ class MDRun:
     use_momenta: bool = False
     progress: bool = True
     keep_frames: bool = False
+    checkpoint: str | os.PathLike | None = None
     frames: list[Atoms] = field(default_factory=list, init=False)
 
     # ------------------------------------------------------------------ setup
@@ -164,6 +232,8 @@ class MDRun:
                 raise ValueError("PressureRamp needs ensemble 'npt'")
         if self.skin <= 0:
             raise ValueError(f"'skin' must be > 0 Å, got {self.skin}")
+        if self.checkpoint is not None and self.trajectory is None:
+            raise ValueError("a checkpoint needs a trajectory (frames kept in memory would be lost with the process)")
 
     def _setup(self) -> None:
         self._validate()
@@ -450,17 +520,107 @@ class MDRun:
 
             znh5md.IO(self.trajectory, timestep=self.sampling_rate * self.dt_fs).extend(atoms_list)
 
+    # ------------------------------------------------------------------ checkpoints
+    def _fingerprint(self) -> str:
+        """Hash of everything that decides the trajectory (called after ``_setup``)."""
+        base = self.forcefield.base
+        if isinstance(base, JaxBase):
+            params = [np.asarray(x) for t in base.terms for x in jax.tree_util.tree_leaves(t.params)]
+            base_id = [type(base).__name__, list(base.species), list(base.cutoffs), base.ddof, _digest(*params)]
+        else:
+            base_id = [type(base).__name__, type(base.calc).__name__]
+        integrator = type(self.integrator)
+        config = {
+            "version": CHECKPOINT_VERSION,
+            "numbers": self.atoms.numbers.tolist(),
+            "structure": _digest(self.positions0, self.cell0, self.masses, np.asarray(self.atoms.pbc)),
+            "momenta": _digest(self.atoms.get_momenta()) if self.use_momenta else None,
+            "steps": int(self.steps), "sampling_rate": int(self.sampling_rate), "timestep": self.dt_fs,
+            "seed": int(self.seed), "temperature": float(self.temperature),
+            "integrator": [f"{integrator.__module__}.{integrator.__qualname__}", repr(self.integrator)],
+            "modifiers": [repr(m) for m in self.modifiers], "checks": [repr(c) for c in self.checks],
+            "bias": [bias_kind(self.forcefield.bias), repr(self.forcefield.bias)],
+            "pca_frames": _digest(*(a.positions for a in self.pca_frames)) if self.pca_frames else None,
+            "base": base_id, "on_trigger": self.on_trigger, "n_lists": len(self.specs),
+        }
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+    def _checkpoint_tmp(self) -> Path:
+        path = Path(self.checkpoint)
+        return path.with_name(path.name + ".tmp")  # same folder, so os.replace is a rename
+
+    def _save_checkpoint(self, carry: Carry, written: int, reruns: int) -> None:
+        path = Path(self.checkpoint)
+        meta = {
+            "version": CHECKPOINT_VERSION, "fingerprint": self._config_hash, "frames_written": written,
+            "block_reruns": reruns,
+            "specs": [[s.cutoff, s.skin, s.capacity, list(s.pbc)] for s in self.specs],
+        }
+        leaves = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(carry))}
+        tmp = self._checkpoint_tmp()
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+            np.savez(f, meta=np.asarray(json.dumps(meta)), **leaves)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: a kill leaves the old or the new checkpoint, never half of one
+
+    def _resume(self) -> tuple[Carry, int, int] | None:
+        """(carry, frames written, block re-runs) from a usable checkpoint, else None (warned)."""
+        path, trajectory = Path(self.checkpoint), Path(self.trajectory)
+        if not path.exists():
+            return None
+
+        def ignore(why: str) -> None:
+            warnings.warn(f"checkpoint {path} ignored ({why}); starting the run from scratch", stacklevel=4)
+
+        template, treedef = jax.tree_util.tree_flatten(self.carry)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                n_leaves = sum(k.startswith("leaf_") for k in data.files)
+                leaves = [data[f"leaf_{i}"] for i in range(n_leaves)]
+        except (OSError, ValueError, KeyError) as err:
+            ignore(f"unreadable: {err}")
+            return None
+        if meta.get("version") != CHECKPOINT_VERSION or meta.get("fingerprint") != self._config_hash:
+            ignore("it belongs to a different run configuration")
+            return None
+        # shapes may differ from the template (lists grown after an overflow), dtypes may not
+        if len(leaves) != len(template) or any(a.dtype != b.dtype for a, b in zip(leaves, template)):
+            ignore("its state does not fit this run")
+            return None
+        written = int(meta["frames_written"])
+        on_disk = _h5md_frames(trajectory)
+        if on_disk is None or on_disk < written:
+            ignore(f"the trajectory {trajectory} holds {on_disk} of its {written} frames")
+            return None
+        _h5md_truncate(trajectory, written)
+        self.specs = tuple(neighbors.NeighborSpec(float(c), float(skin), int(cap), tuple(bool(p) for p in pbc))
+                           for c, skin, cap, pbc in meta["specs"])
+        carry = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in leaves])
+        return carry, written, int(meta["block_reruns"])
+
+    # ------------------------------------------------------------------ the loop
     def run(self) -> MDSummary:
-        """Run all steps (or until a stop); frames are on disk after every block."""
+        """Run all steps (or until a stop); frames are on disk after every block.
+
+        With a ``checkpoint`` the run continues from it when it matches (see the module docstring).
+        """
         start_time = time.perf_counter()
         self._setup()
-        if self.trajectory is not None:
-            Path(self.trajectory).parent.mkdir(parents=True, exist_ok=True)
-            Path(self.trajectory).unlink(missing_ok=True)
-        carry = self.carry
-        written, reruns = 0, 0
-        bar = tqdm(total=self.steps, desc="sampling", unit="step", disable=not self.progress)
-        done = 0
+        resumed = None
+        if self.checkpoint is not None:
+            self._config_hash = self._fingerprint()
+            resumed = self._resume()
+        if resumed is not None:
+            carry, written, reruns = resumed
+        else:
+            carry, written, reruns = self.carry, 0, 0
+            if self.trajectory is not None:
+                Path(self.trajectory).parent.mkdir(parents=True, exist_ok=True)
+                Path(self.trajectory).unlink(missing_ok=True)
+        done = first_step = int(carry.step)
+        bar = tqdm(total=self.steps, initial=done, desc="sampling", unit="step", disable=not self.progress)
         while done < self.steps and not bool(carry.stopped):
             n_groups = self.groups_per_block
             schedule = np.zeros(n_groups, np.int32)
@@ -484,8 +644,13 @@ class MDRun:
             done = step_now
             bar.set_postfix(T=f"{atoms_list[-1].info['temperature']:.0f}K" if atoms_list else "-",
                             frames=written, resets=int(carry.n_resets))
+            if self.checkpoint is not None:
+                self._save_checkpoint(carry, written, reruns)
         bar.close()
         self.carry = carry
+        if self.checkpoint is not None:  # finished: nothing to resume
+            Path(self.checkpoint).unlink(missing_ok=True)
+            self._checkpoint_tmp().unlink(missing_ok=True)
         wall = time.perf_counter() - start_time
         first = int(carry.first_stop)
         stop_check = int(carry.stop_check)
@@ -493,7 +658,7 @@ class MDRun:
             steps=int(self.steps), steps_done=done, steps_before_stop=first if first >= 0 else done,
             stopped=bool(carry.stopped), n_resets=int(carry.n_resets), frames_written=written,
             stop_reason=self.check_list[stop_check].name if stop_check >= 0 else None, wall_s=wall,
-            ms_per_step=1e3 * wall / max(done, 1), block_reruns=reruns)
+            ms_per_step=1e3 * wall / max(done - first_step, 1), block_reruns=reruns)
 
 
 def run_md(atoms: Atoms, forcefield: ForceField, integrator, steps: int, **options) -> MDSummary:
