@@ -60,6 +60,10 @@ def prepare_project(directory: Path, campaigns: list[str] | None = None, profile
         _run(["git", "init", "-q"], directory)
         _run(["git", "config", "user.email", "demo@lotf"], directory)
         _run(["git", "config", "user.name", "lotf demo"], directory)
+    ignore = directory / ".gitignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    if "/.lotf/" not in lines:  # scratch of interrupted production runs (lotf.nodes.production)
+        ignore.write_text("\n".join([*lines, "/.lotf/"]) + "\n")
     if not (directory / ".dvc").exists():
         _run(["dvc", "init", "-q"], directory)
         remote = directory.parent / f"{directory.name}-dvc-remote"

@@ -1,0 +1,221 @@
+"""Production MD (seed 1): compress to a density, equilibrate, then a long NVT or NPT run.
+
+One node per run keeps the protocol together and the graph small: a packed, relaxed box is
+compressed by rescaling the cell over ``compress_steps`` (the density modifier, NVT) to the
+target ``density`` (seed 1: the experimental density at T over 5 ps), equilibrated for
+``equilibration_steps`` in NVT (5 ps before NVT production, 200 ps before NPT), and then run for
+``steps`` in ``ensemble``. Only the production frames are stored.
+
+Long runs survive being killed: the run works in a scratch folder outside DVC's outputs (DVC
+deletes a stage's outputs before it runs it again), keyed by everything that determines the
+trajectory. The prepared start state and the MD checkpoint live there, so ``dvc repro`` after a
+kill continues where the run stopped. The folder is removed when the run finishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ase
+import numpy as np
+import zntrack
+
+from lotf.dynamics.state import AMU_PER_A3_TO_G_PER_CM3
+from lotf.nodes.frames import read_h5md
+from lotf.nodes.sampling import _start_structure, forcefield_for
+
+SCRATCH_ENV = "LOTF_SCRATCH"
+
+
+def scratch_root() -> Path:
+    """Where interrupted runs keep their state: ``$LOTF_SCRATCH`` or ``.lotf/scratch`` (cwd)."""
+    return Path(os.environ.get(SCRATCH_ENV) or ".lotf/scratch")
+
+
+def model_fingerprint(model: Any) -> str:
+    """Content hash of a model directory (or the model's name when it has none)."""
+    model_dir = getattr(model, "model_dir", model)
+    digest = hashlib.sha256()
+    if isinstance(model_dir, (str, os.PathLike)) and Path(model_dir).is_dir():
+        for path in sorted(Path(model_dir).rglob("*")):
+            if path.is_file():
+                digest.update(path.name.encode())
+                digest.update(path.read_bytes())
+    else:
+        digest.update(repr(getattr(model, "name", type(model).__name__)).encode())
+    return digest.hexdigest()
+
+
+def atoms_fingerprint(atoms: ase.Atoms) -> str:
+    digest = hashlib.sha256()
+    for array in (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def state_atoms(template: ase.Atoms, state) -> ase.Atoms:
+    """The MD state (unwrapped positions, momenta, cell) as Atoms."""
+    atoms = template.copy()
+    atoms.calc = None
+    atoms.positions = np.asarray(state.positions)
+    if atoms.pbc.all():
+        atoms.cell = np.asarray(state.cell)
+    atoms.set_momenta(np.asarray(state.momenta))
+    return atoms
+
+
+def _save_atoms(path: Path, atoms: ase.Atoms) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell.array, pbc=atoms.pbc,
+             momenta=atoms.get_momenta())
+    os.replace(tmp, path)
+
+
+def _load_atoms(path: Path) -> ase.Atoms:
+    with np.load(path) as data:
+        atoms = ase.Atoms(numbers=data["numbers"], positions=data["positions"], cell=data["cell"],
+                          pbc=data["pbc"])
+        atoms.set_momenta(data["momenta"])
+    return atoms
+
+
+class ProductionMD(zntrack.Node):
+    """Compress (optional) -> NVT equilibration -> production; frames every ``sampling_rate`` steps.
+
+    Attributes:
+        data, data_id: start structure (e.g. a packed box relaxed with FIRE).
+        model: a training node (or anything :func:`~lotf.nodes.sampling.forcefield_for` takes).
+        d3: empty, or D3(BJ) options for the hybrid MLP+D3 (e.g. ``{"cutoff": 20.0}``).
+        temperature: K. timestep: fs. thermostat/thermostat_params: as in ``MDSampling``
+            (seed 1: Nosé-Hoover chain).
+        ensemble: "nvt" or "npt" (stochastic cell rescaling, ``barostat`` as in ``MDSampling``).
+        density: g/cm³ reached by isotropic rescaling over ``compress_steps`` (None: no compression).
+        equilibration_steps: NVT steps before production. steps: production steps.
+        checks: stop criteria of the production run (a NaN check is always on).
+    """
+
+    data: list = zntrack.deps()
+    model: Any = zntrack.deps()
+    data_id: int = zntrack.params(-1)
+    d3: dict = zntrack.params(default_factory=dict)
+    temperature: float = zntrack.params(300.0)
+    timestep: float = zntrack.params(0.5)
+    thermostat: str = zntrack.params("nose_hoover")
+    thermostat_params: dict = zntrack.params(default_factory=dict)
+    ensemble: str = zntrack.params("nvt")
+    barostat: dict = zntrack.params(default_factory=dict)
+    density: float | None = zntrack.params(None)
+    compress_steps: int = zntrack.params(10_000)
+    equilibration_steps: int = zntrack.params(10_000)
+    steps: int = zntrack.params(100_000)
+    sampling_rate: int = zntrack.params(100)
+    seed: int = zntrack.params(0)
+    checks: list = zntrack.params(default_factory=list)
+
+    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
+    metrics: dict = zntrack.metrics()
+
+    def _settings(self) -> dict:
+        return {key: getattr(self, key) for key in (
+            "d3", "temperature", "timestep", "thermostat", "thermostat_params", "ensemble", "barostat", "density",
+            "compress_steps", "equilibration_steps", "steps", "sampling_rate", "seed", "checks")}
+
+    def _validate(self) -> None:
+        if self.ensemble not in ("nvt", "npt"):
+            raise ValueError(f"ProductionMD.ensemble: 'nvt' or 'npt', got {self.ensemble!r}")
+        if self.density is not None and not self.density > 0:
+            raise ValueError(f"ProductionMD.density: must be > 0 g/cm³, got {self.density}")
+        for key in ("compress_steps", "equilibration_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"ProductionMD.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.steps < 1:
+            raise ValueError(f"ProductionMD.steps: must be >= 1, got {self.steps}")
+
+    def run(self) -> None:
+        from lotf.dynamics import checks as checks_mod
+        from lotf.dynamics.integrators import make_integrator
+        from lotf.dynamics.md import MDRun
+        from lotf.dynamics.state import density as mass_density
+
+        self._validate()
+        start = _start_structure(self.data, self.data_id, "ProductionMD")
+        key = hashlib.sha256(json.dumps(
+            [self._settings(), atoms_fingerprint(start), model_fingerprint(self.model)], sort_keys=True,
+            default=str).encode()).hexdigest()[:16]
+        scratch = scratch_root() / f"{self.name}-{key}"
+        scratch.mkdir(parents=True, exist_ok=True)
+
+        def phase(atoms, steps, ensemble, modifiers=(), **options):
+            integrator = make_integrator(self.thermostat, self.timestep, ensemble, self.thermostat_params,
+                                         self.barostat if ensemble == "npt" else None)
+            run = MDRun(atoms, forcefield_for(self.model, None, self.d3), integrator, steps=steps,
+                        temperature=self.temperature, seed=self.seed, modifiers=list(modifiers),
+                        use_momenta=atoms.has("momenta"), **options)
+            return run, run.run()
+
+        prepared = scratch / "prepared.npz"
+        if prepared.exists():  # compression and equilibration were done before a kill
+            atoms = _load_atoms(prepared)
+        else:
+            atoms = start
+            if self.density is not None and self.compress_steps > 0:
+                from lotf.dynamics.modifiers import DensityRamp
+
+                rho0 = float(mass_density(atoms.get_masses(), atoms.cell.array))
+                # the ramp reaches the target at the last step and is held there
+                ramp = DensityRamp(rho_start=rho0, rho_end=float(self.density),
+                                   t_end=max(self.compress_steps - 1, 1) * self.timestep)
+                run, _ = phase(atoms, self.compress_steps, "nvt", [ramp], sampling_rate=self.compress_steps)
+                atoms = state_atoms(atoms, run.carry.state)
+            if self.equilibration_steps > 0:
+                run, _ = phase(atoms, self.equilibration_steps, "nvt", sampling_rate=self.equilibration_steps)
+                atoms = state_atoms(atoms, run.carry.state)
+            _save_atoms(prepared, atoms)
+        rho_start = float(mass_density(atoms.get_masses(), atoms.cell.array)) if atoms.pbc.all() else None
+
+        trajectory = scratch / "frames.h5"
+        _, summary = phase(atoms, self.steps, self.ensemble, sampling_rate=self.sampling_rate,
+                           checks=[checks_mod.from_dict(c) for c in self.checks], trajectory=trajectory,
+                           checkpoint=scratch / "checkpoint.npz")
+        Path(self.frames_path).parent.mkdir(parents=True, exist_ok=True)
+        if trajectory.exists():
+            shutil.move(trajectory, self.frames_path)
+        else:  # stopped before the first frame: an empty, valid file
+            import h5py
+
+            h5py.File(self.frames_path, "w").close()
+        shutil.rmtree(scratch, ignore_errors=True)
+        self.metrics = {
+            "steps": summary.steps, "steps_done": summary.steps_done, "stopped": int(summary.stopped),
+            "stop_reason": summary.stop_reason or "none", "frames": summary.frames_written,
+            "ms_per_step": summary.ms_per_step, "density_start_production_g_cm3": rho_start,
+            **self._averages(),
+        }
+
+    def _averages(self) -> dict:
+        """Mean temperature and density of the production frames, read without loading positions."""
+        import h5py
+
+        from lotf.analysis.io import read_cells, read_info
+
+        path = Path(self.frames_path)
+        with h5py.File(path, "r") as f:
+            if "observables" not in f:
+                return {}
+            group = next(iter(f["observables"]))
+            temperature = np.asarray(f[f"observables/{group}/temperature/value"])
+        out = {"temperature_mean_K": float(temperature.mean())}
+        info = read_info(path)
+        if info.has_cell and info.pbc.all():
+            volumes = np.abs(np.linalg.det(read_cells(path)))
+            out["density_mean_g_cm3"] = float(np.mean(info.masses.sum() / volumes) * AMU_PER_A3_TO_G_PER_CM3)
+        return out
+
+    @property
+    def frames(self) -> list[ase.Atoms]:
+        return read_h5md(self, self.frames_path)

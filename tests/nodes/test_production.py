@@ -1,0 +1,111 @@
+"""ProductionMD: compression to a density, equilibration, production, and resuming after a kill."""
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lotf.demo import emt_frames
+from lotf.nodes.production import ProductionMD, scratch_root
+from lotf.potential.graph import collate, structure_arrays
+from lotf.potential.io import save_model
+from lotf.potential.model import Model, ModelConfig
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOTF_SCRATCH", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def model(tmp_path):
+    frames = emt_frames(1)
+    config = ModelConfig(species=(13, 29), hidden=(16,), n_radial=2, n_basis=3, r_max=4.5, n_members=2,
+                         contractions=(0, 1, 2, 3))
+    m = Model(config)
+    graph = jax.tree_util.tree_map(jnp.asarray, collate([structure_arrays(frames[0], config.species, config.r_max)]))
+    params = dict(m.init(jax.random.PRNGKey(0), graph))
+    params["scale"] = params["scale"] * 0.05  # a gentle random surface
+    return types.SimpleNamespace(model_dir=save_model(tmp_path / "model", config, params), name="model")
+
+
+def density(atoms):
+    return atoms.get_masses().sum() / atoms.get_volume() * 1.66053906660
+
+
+def production(model, name="prod", **options):
+    settings = dict(data=emt_frames(1), model=model, temperature=300.0, timestep=1.0, density=None,
+                    compress_steps=30, equilibration_steps=10, steps=60, sampling_rate=10, seed=3)
+    settings.update(options)
+    return ProductionMD(name=name, **settings)
+
+
+def test_compression_reaches_the_target_density(workdir, model):
+    start = emt_frames(1)[0]
+    target = 1.08 * density(start)
+    node = production(model, density=target, steps=20)
+    node.run()
+    assert node.metrics["density_start_production_g_cm3"] == pytest.approx(target, rel=1e-9)
+    frames = node.frames
+    assert len(frames) == 2 and node.metrics["frames"] == 2
+    assert all(density(a) == pytest.approx(target, rel=1e-6) for a in frames)  # NVT keeps the volume
+    assert node.metrics["density_mean_g_cm3"] == pytest.approx(target, rel=1e-9)
+    assert not any(scratch_root().glob("*"))  # the scratch folder is gone after a finished run
+
+
+def test_npt_production_changes_the_volume(workdir, model):
+    node = production(model, ensemble="npt", barostat={"compressibility": 1e-4, "tau_p": 20.0}, steps=40)
+    node.run()
+    volumes = [a.get_volume() for a in node.frames]
+    assert len(volumes) == 4 and np.ptp(volumes) > 0
+    assert node.metrics["density_mean_g_cm3"] == pytest.approx(np.mean([density(a) for a in node.frames]))
+
+
+def test_killed_run_resumes_with_the_same_trajectory(workdir, model, monkeypatch):
+    from lotf.dynamics import md
+
+    reference = production(model, name="reference", density=1.03 * density(emt_frames(1)[0]))
+    reference.run()
+    expected = reference.frames
+
+    interrupted = production(model, density=1.03 * density(emt_frames(1)[0]))
+    original = md.MDRun._save_checkpoint
+    calls = {"n": 0}
+
+    def die_after_first_checkpoint(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        calls["n"] += 1
+        raise KeyboardInterrupt  # the job is killed right after the first checkpoint
+
+    monkeypatch.setattr(md.MDRun, "_save_checkpoint", die_after_first_checkpoint)
+    setup = md.MDRun._setup
+
+    def small_blocks(self):  # several blocks, so the kill comes mid-run
+        self.block_steps = 20
+        setup(self)
+
+    monkeypatch.setattr(md.MDRun, "_setup", small_blocks)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    scratch = list(scratch_root().glob("prod-*"))
+    assert len(scratch) == 1 and (scratch[0] / "prepared.npz").exists() and (scratch[0] / "checkpoint.npz").exists()
+
+    monkeypatch.setattr(md.MDRun, "_save_checkpoint", original)
+    resumed = production(model, density=1.03 * density(emt_frames(1)[0]))
+    resumed.run()
+    frames = resumed.frames
+    assert [a.info["step"] for a in frames] == [a.info["step"] for a in expected]
+    for a, b in zip(frames, expected):
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-10)
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10)
+
+
+def test_bad_settings_fail_early(workdir, model):
+    with pytest.raises(ValueError, match="ensemble"):
+        production(model, ensemble="nve").run()
+    with pytest.raises(ValueError, match="density"):
+        production(model, density=-1.0).run()
