@@ -4,6 +4,9 @@ Graph: 32 waters packed at 0.997 g/cm³ -> 200 bootstrapped structures -> B0 (10
 validation, random) -> B1 (+5 by MaxDist from the bootstrap pool) -> two 10-iteration workflows
 that differ only in the bias: 25 ps at 0.5 fs, Berendsen 500 fs, safe sampling (reset on the
 uncertainty threshold), 4 random validation and 10 MaxDist training points per iteration.
+Production (seed 2 §3.2, Fig. 5b): with the model of every iteration, NVT of 256 waters at 300 K
+(200 ps equilibration, 5 ns), centre-of-mass diffusion with the Yeh-Hummer correction, the O-O
+RDF (Fig. S2), and D per iteration for both workflows against the experimental 241 Å²/ns.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 import zntrack
 
 from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
+from lotf.nodes.analysis import RDF, Diffusion, ObservableTrend
 from lotf.nodes.frames import MergeFrames
+from lotf.nodes.production import ProductionMD
+from lotf.nodes.sampling import GeometryOptimisation
 from lotf.nodes.seed import Bootstrap, PackBox, SmilesConformers
 from stages.common import CampaignState, check_profile, check_row, learning_step, report
 
@@ -22,6 +28,8 @@ GROUP = "water"
 # check would fail and no frame would ever be accepted; we read it as 3.0 eV/Å.
 SAFE_SAMPLING = [{"kind": "forces_uncertainty", "max_value": 3.0}]
 TIMESTEP = 0.5
+EXPERIMENTAL_D = 241.0  # Å²/ns at 300 K, as quoted by seed 2 (data/experimental/water_self_diffusion.csv)
+VISCOSITY_300K = 0.854  # mPa s, for the Yeh-Hummer correction (same table)
 
 
 def sampling(steps: int, rate: int, bias: str, erbs_interval_fs: float) -> dict:
@@ -43,11 +51,15 @@ def iterations(bias: str, n_iter: int, steps: int, rate: int, n_val: int, n_trai
 PROFILES = {
     "paper": dict(molecules=32, n_bootstrap=200, b0_train=10, b0_val=6, b1_train=5, cp2k="data/cp2k/revpbe0-d3-water.yaml",
                   cp2k_run={"n_ranks": 1, "n_threads": 1}, model="models/water_erbs.yaml", overrides={},
-                  n_iter=10, steps=50_000, rate=10, n_val=4, n_train=10, erbs_interval_fs=5000.0),
+                  n_iter=10, steps=50_000, rate=10, n_val=4, n_train=10, erbs_interval_fs=5000.0,
+                  production=dict(molecules=256, equilibration_steps=400_000, steps=10_000_000, rate=100,
+                                  max_lag_ps=500.0, fit_window_ps=[50.0, 500.0])),
     "smoke": dict(molecules=4, n_bootstrap=12, b0_train=3, b0_val=2, b1_train=1, cp2k="data/cp2k/test-xtb.yaml",
                   cp2k_run={"n_ranks": 1, "n_threads": 1}, model="models/smoke.yaml",
                   overrides={"model": {"n_members": 4}}, n_iter=1, steps=100, rate=10, n_val=1, n_train=1,
-                  erbs_interval_fs=10.0),
+                  erbs_interval_fs=10.0,
+                  production=dict(molecules=8, equilibration_steps=20, steps=200, rate=5, max_lag_ps=0.03,
+                                  fit_window_ps=[0.005, 0.03])),
 }
 
 
@@ -79,6 +91,7 @@ def build(project: zntrack.Project, profile: str) -> None:
         model = TrainModel(data=train_set.frames, validation_data=val.frames, config=p["model"],
                            overrides=p["overrides"], init_from=model, name="B1Model")
 
+    models: dict[str, list[tuple[str, TrainModel]]] = {}
     for bias, rows in branches.items():
         state = CampaignState(model=model, train=train_set, validation=val, last_structure=box)
         state.record("B1")
@@ -88,3 +101,35 @@ def build(project: zntrack.Project, profile: str) -> None:
                                       model_overrides=p["overrides"], cp2k=p["cp2k_run"], seed=k)
         with project.group(GROUP, bias, "report"):
             report(state, val)  # the fixed bootstrap validation set serves as the test set
+        models[bias] = [(name, m) for name, m, _, _ in state.log]
+    _production(project, p["production"], molecule, models)
+
+
+def _production(project: zntrack.Project, q: dict, molecule, models: dict[str, list[tuple[str, TrainModel]]]) -> None:
+    """D of water with the model of every iteration of both workflows (seed 2 Fig. 5b)."""
+    run = dict(temperature=300.0, timestep=TIMESTEP, thermostat="nose_hoover", density=None,
+               equilibration_steps=q["equilibration_steps"], steps=q["steps"], sampling_rate=q["rate"], seed=0)
+    first_model = next(iter(models.values()))[0][1]
+    with project.group(GROUP, "production"):
+        box = PackBox(data=[molecule.frames], count=[q["molecules"]], density=0.997, seed=1, name="Box")
+        start = GeometryOptimisation(model=first_model, data=box.frames, data_id=0, name="Relaxed")
+    diffusion: dict[str, Diffusion] = {}  # one run per model: B1 starts both workflows
+    series, steps, nodes = [], [], []
+    for bias, entries in models.items():
+        for name, model in entries:
+            key = name if name == entries[0][0] else f"{bias}-{name}"
+            if key not in diffusion:
+                group = (GROUP, "production", name) if key == name else (GROUP, "production", bias, name)
+                with project.group(*group):
+                    md = ProductionMD(data=start.frames, model=model, name="NVT300K", **run)
+                    RDF(data=md, pairs=["O-O"], name="RDF")
+                    diffusion[key] = Diffusion(data=md, groups=["com:H2O"], temperature=300.0,
+                                               viscosity_mpas=VISCOSITY_300K, max_lag_ps=q["max_lag_ps"],
+                                               fit_window_ps=q["fit_window_ps"], n_blocks=5, name="Diffusion")
+            series.append(bias)
+            steps.append(name)
+            nodes.append(diffusion[key])
+    with project.group(GROUP, "production"):
+        ObservableTrend(nodes=nodes, key="com:H2O/D_yeh_hummer_A2_per_ns", error_key="com:H2O/D_sem_A2_per_ns",
+                        series=series, steps=steps, reference=EXPERIMENTAL_D, reference_label="experiment (241 Å²/ns)",
+                        y_label="D / Å² ns⁻¹", name="DiffusionTrend")
