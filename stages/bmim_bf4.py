@@ -39,6 +39,7 @@ DENSITY_MODELS = {
     "MLP+D3(20 Å)": ("DFT", {"functional": "b97-3c", "cutoff": 20.0}),
 }
 DIFFUSION_GROUPS = ["H", "B", "com:BF4", "com:C8H15N2"]  # seed 1 Fig. 6: H and B atoms; ion centres of mass
+EXPERIMENT_SPECIES = {"B": "BF4-", "com:BF4": "BF4-", "H": "BMIM+", "com:C8H15N2": "BMIM+"}  # NMR: 11B/19F, 1H
 
 
 def _nvt(steps: int, rate: int, **extra) -> dict:
@@ -123,7 +124,8 @@ PROFILES = {
             equilibration_steps=10_000, steps=40_000_000, rate=200, max_lag_ps=2000.0, fit_window_ps=[200.0, 2000.0],
             dihedral_windows_ps=[[0.0, 100.0], [0.0, 1000.0], [0.0, 20000.0]],
             npt_pairs=10, npt_temperatures=[283.0, 293.0, 313.0, 333.0, 353.0], npt_equilibration_steps=400_000,
-            npt_steps=2_000_000, npt_rate=200, npt_models=list(DENSITY_MODELS), n_conformers=20,
+            npt_steps=2_000_000, npt_rate=200, npt_models=list(DENSITY_MODELS), n_conformers=20, fire_steps=5000,
+            diffusion_groups=DIFFUSION_GROUPS,
         ),
         exploration=dict(steps=200_000, rate=100, runs=exploration_runs(
             udd_heights=[0.1, 0.5, 1.0, 2.0, 5.0, 10.0], udd_widths=[0.1, 0.5, 1.0, 2.0],
@@ -137,9 +139,12 @@ PROFILES = {
         n_conformers=2, n_boxes=1, vs_boxes=1, vs_points=4, vs_select=1,
         production=dict(
             temperatures=[313.0, 353.0], sizes=[4, 5], compress_steps=40, equilibration_steps=20, steps=200, rate=5,
-            max_lag_ps=0.03, fit_window_ps=[0.005, 0.03], dihedral_windows_ps=[[0.0, 0.05], [0.0, 0.1]],
+            max_lag_ps=0.0175, fit_window_ps=[0.005, 0.0175], dihedral_windows_ps=[[0.0, 0.05], [0.0, 0.1]],
             npt_pairs=4, npt_temperatures=[353.0], npt_equilibration_steps=20, npt_steps=100, npt_rate=5,
             npt_models=["MLP", "MLP+D3(20 Å)"], n_conformers=2,
+            # the smoke models are trained on a handful of structures: a long FIRE run or MD breaks
+            # molecules, so the smoke run relaxes briefly and follows atoms, not ion centres of mass
+            fire_steps=10, diffusion_groups=["H", "B"],
         ),
         exploration=dict(steps=100, rate=10, runs=exploration_runs(
             udd_heights=[0.5], udd_widths=[1.0], erbs_barriers=[1.5], erbs_bandwidths=[2.0], erbs_components=[2],
@@ -251,9 +256,11 @@ def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]
         if pairs not in boxes:  # NVT and NPT runs of one size share their start structure
             box = PackBox(data=[cation.frames, anion.frames], count=[pairs, pairs], density=0.900,
                           n_configurations=1, seed=pairs, name=f"Box{pairs}")
-            boxes[pairs] = GeometryOptimisation(model=model, data=box.frames, data_id=0, name=f"Relaxed{pairs}")
+            boxes[pairs] = GeometryOptimisation(model=model, data=box.frames, data_id=0, max_steps=q["fire_steps"],
+                                                name=f"Relaxed{pairs}")
         return boxes[pairs]
 
+    groups = q["diffusion_groups"]
     diffusion_by_T: dict[float, list] = {T: [] for T in q["temperatures"]}
     for pairs in q["sizes"]:
         with project.group(GROUP, "production", f"nvt-{pairs}"):
@@ -264,16 +271,16 @@ def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]
                                   sampling_rate=q["rate"], seed=int(T), name=f"NVT{T:.0f}K", **run)
                 RDF(data=md, name=f"RDF{T:.0f}K")
                 diffusion_by_T[T].append(Diffusion(
-                    data=md, groups=DIFFUSION_GROUPS, temperature=T, max_lag_ps=q["max_lag_ps"],
+                    data=md, groups=groups, temperature=T, max_lag_ps=q["max_lag_ps"],
                     fit_window_ps=q["fit_window_ps"], n_blocks=5, name=f"Diffusion{T:.0f}K"))
                 if pairs == q["sizes"][1] and T == q["temperatures"][-1]:  # seed 1 Fig. 5: one butyl chain
                     Dihedrals(data=md, windows_ps=q["dihedral_windows_ps"], molecule=0, name="ButylDihedrals")
     with project.group(GROUP, "production", "diffusion"):
-        extrapolated = [BoxSizeExtrapolation(diffusions=nodes, groups=DIFFUSION_GROUPS, temperature=T,
+        extrapolated = [BoxSizeExtrapolation(diffusions=nodes, groups=groups, temperature=T,
                                              name=f"BoxSize{T:.0f}K") for T, nodes in diffusion_by_T.items()]
-        experiment = {"B": "BF4-", "com:BF4": "BF4-", "H": "BMIM+", "com:C8H15N2": "BMIM+"}
-        ArrheniusPlot(diffusions=extrapolated, groups=DIFFUSION_GROUPS, experimental=experiment, name="Arrhenius")
-        ArrheniusPlot(diffusions=[nodes[-1] for nodes in diffusion_by_T.values()], groups=DIFFUSION_GROUPS,
+        experiment = {g: s for g, s in EXPERIMENT_SPECIES.items() if g in groups}
+        ArrheniusPlot(diffusions=extrapolated, groups=groups, experimental=experiment, name="Arrhenius")
+        ArrheniusPlot(diffusions=[nodes[-1] for nodes in diffusion_by_T.values()], groups=groups,
                       experimental=experiment, name=f"Arrhenius{q['sizes'][-1]}Pairs")
 
     densities, labels = [], []

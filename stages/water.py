@@ -53,13 +53,13 @@ PROFILES = {
                   cp2k_run={"n_ranks": 1, "n_threads": 1}, model="models/water_erbs.yaml", overrides={},
                   n_iter=10, steps=50_000, rate=10, n_val=4, n_train=10, erbs_interval_fs=5000.0,
                   production=dict(molecules=256, equilibration_steps=400_000, steps=10_000_000, rate=100,
-                                  max_lag_ps=500.0, fit_window_ps=[50.0, 500.0])),
+                                  max_lag_ps=500.0, fit_window_ps=[50.0, 500.0], group="com:H2O", fire_steps=5000)),
     "smoke": dict(molecules=4, n_bootstrap=12, b0_train=3, b0_val=2, b1_train=1, cp2k="data/cp2k/test-xtb.yaml",
                   cp2k_run={"n_ranks": 1, "n_threads": 1}, model="models/smoke.yaml",
                   overrides={"model": {"n_members": 4}}, n_iter=1, steps=100, rate=10, n_val=1, n_train=1,
                   erbs_interval_fs=10.0,
-                  production=dict(molecules=8, equilibration_steps=20, steps=200, rate=5, max_lag_ps=0.03,
-                                  fit_window_ps=[0.005, 0.03])),
+                  production=dict(molecules=8, equilibration_steps=20, steps=200, rate=5, max_lag_ps=0.0175,
+                                  fit_window_ps=[0.005, 0.0175], group="O", fire_steps=10)),  # smoke models break molecules
 }
 
 
@@ -112,7 +112,8 @@ def _production(project: zntrack.Project, q: dict, molecule, models: dict[str, l
     first_model = next(iter(models.values()))[0][1]
     with project.group(GROUP, "production"):
         box = PackBox(data=[molecule.frames], count=[q["molecules"]], density=0.997, seed=1, name="Box")
-        start = GeometryOptimisation(model=first_model, data=box.frames, data_id=0, name="Relaxed")
+        start = GeometryOptimisation(model=first_model, data=box.frames, data_id=0, max_steps=q["fire_steps"],
+                                     name="Relaxed")
     diffusion: dict[str, Diffusion] = {}  # one run per model: B1 starts both workflows
     series, steps, nodes = [], [], []
     for bias, entries in models.items():
@@ -123,13 +124,13 @@ def _production(project: zntrack.Project, q: dict, molecule, models: dict[str, l
                 with project.group(*group):
                     md = ProductionMD(data=start.frames, model=model, name="NVT300K", **run)
                     RDF(data=md, pairs=["O-O"], name="RDF")
-                    diffusion[key] = Diffusion(data=md, groups=["com:H2O"], temperature=300.0,
+                    diffusion[key] = Diffusion(data=md, groups=[q["group"]], temperature=300.0,
                                                viscosity_mpas=VISCOSITY_300K, max_lag_ps=q["max_lag_ps"],
                                                fit_window_ps=q["fit_window_ps"], n_blocks=5, name="Diffusion")
             series.append(bias)
             steps.append(name)
             nodes.append(diffusion[key])
     with project.group(GROUP, "production"):
-        ObservableTrend(nodes=nodes, key="com:H2O/D_yeh_hummer_A2_per_ns", error_key="com:H2O/D_sem_A2_per_ns",
+        ObservableTrend(nodes=nodes, key=f"{q['group']}/D_yeh_hummer_A2_per_ns", error_key=f"{q['group']}/D_sem_A2_per_ns",
                         series=series, steps=steps, reference=EXPERIMENTAL_D, reference_label="experiment (241 Å²/ns)",
                         y_label="D / Å² ns⁻¹", name="DiffusionTrend")

@@ -8,16 +8,14 @@ target ``density`` (seed 1: the experimental density at T over 5 ps), equilibrat
 
 Long runs survive being killed: the run works in a scratch folder outside DVC's outputs (DVC
 deletes a stage's outputs before it runs it again), keyed by everything that determines the
-trajectory. The prepared start state and the MD checkpoint live there, so ``dvc repro`` after a
-kill continues where the run stopped. The folder is removed when the run finishes.
+trajectory (:mod:`lotf.nodes.scratch`). Every phase checkpoints there and the prepared start
+state is kept, so ``dvc repro`` after a kill continues where the run stopped. The folder is
+removed when the run finishes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +25,8 @@ import zntrack
 
 from lotf.dynamics.state import AMU_PER_A3_TO_G_PER_CM3
 from lotf.nodes.frames import read_h5md
+from lotf.nodes.scratch import finish, scratch_dir
 from lotf.nodes.sampling import _start_structure, forcefield_for
-
-SCRATCH_ENV = "LOTF_SCRATCH"
-
-
-def scratch_root() -> Path:
-    """Where interrupted runs keep their state: ``$LOTF_SCRATCH`` or ``.lotf/scratch`` (cwd)."""
-    return Path(os.environ.get(SCRATCH_ENV) or ".lotf/scratch")
-
-
-def model_fingerprint(model: Any) -> str:
-    """Content hash of a model directory (or the model's name when it has none)."""
-    model_dir = getattr(model, "model_dir", model)
-    digest = hashlib.sha256()
-    if isinstance(model_dir, (str, os.PathLike)) and Path(model_dir).is_dir():
-        for path in sorted(Path(model_dir).rglob("*")):
-            if path.is_file():
-                digest.update(path.name.encode())
-                digest.update(path.read_bytes())
-    else:
-        digest.update(repr(getattr(model, "name", type(model).__name__)).encode())
-    return digest.hexdigest()
-
-
-def atoms_fingerprint(atoms: ase.Atoms) -> str:
-    digest = hashlib.sha256()
-    for array in (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
 
 def state_atoms(template: ase.Atoms, state) -> ase.Atoms:
     """The MD state (unwrapped positions, momenta, cell) as Atoms."""
@@ -144,11 +114,7 @@ class ProductionMD(zntrack.Node):
 
         self._validate()
         start = _start_structure(self.data, self.data_id, "ProductionMD")
-        key = hashlib.sha256(json.dumps(
-            [self._settings(), atoms_fingerprint(start), model_fingerprint(self.model)], sort_keys=True,
-            default=str).encode()).hexdigest()[:16]
-        scratch = scratch_root() / f"{self.name}-{key}"
-        scratch.mkdir(parents=True, exist_ok=True)
+        scratch = scratch_dir(self.name, self._settings(), start, self.model)
 
         def phase(atoms, steps, ensemble, modifiers=(), **options):
             integrator = make_integrator(self.thermostat, self.timestep, ensemble, self.thermostat_params,
@@ -157,6 +123,11 @@ class ProductionMD(zntrack.Node):
                         temperature=self.temperature, seed=self.seed, modifiers=list(modifiers),
                         use_momenta=atoms.has("momenta"), **options)
             return run, run.run()
+
+        def preparation(name: str, steps: int) -> dict:
+            # a few frames and checkpoints in scratch, so a kill during a 200 ps equilibration loses little
+            return {"sampling_rate": min(steps, 1000), "trajectory": scratch / f"{name}.h5",
+                    "checkpoint": scratch / f"{name}.checkpoint.npz"}
 
         prepared = scratch / "prepared.npz"
         if prepared.exists():  # compression and equilibration were done before a kill
@@ -170,10 +141,11 @@ class ProductionMD(zntrack.Node):
                 # the ramp reaches the target at the last step and is held there
                 ramp = DensityRamp(rho_start=rho0, rho_end=float(self.density),
                                    t_end=max(self.compress_steps - 1, 1) * self.timestep)
-                run, _ = phase(atoms, self.compress_steps, "nvt", [ramp], sampling_rate=self.compress_steps)
+                run, _ = phase(atoms, self.compress_steps, "nvt", [ramp], **preparation("compress", self.compress_steps))
                 atoms = state_atoms(atoms, run.carry.state)
             if self.equilibration_steps > 0:
-                run, _ = phase(atoms, self.equilibration_steps, "nvt", sampling_rate=self.equilibration_steps)
+                run, _ = phase(atoms, self.equilibration_steps, "nvt",
+                               **preparation("equilibrate", self.equilibration_steps))
                 atoms = state_atoms(atoms, run.carry.state)
             _save_atoms(prepared, atoms)
         rho_start = float(mass_density(atoms.get_masses(), atoms.cell.array)) if atoms.pbc.all() else None
@@ -182,14 +154,7 @@ class ProductionMD(zntrack.Node):
         _, summary = phase(atoms, self.steps, self.ensemble, sampling_rate=self.sampling_rate,
                            checks=[checks_mod.from_dict(c) for c in self.checks], trajectory=trajectory,
                            checkpoint=scratch / "checkpoint.npz")
-        Path(self.frames_path).parent.mkdir(parents=True, exist_ok=True)
-        if trajectory.exists():
-            shutil.move(trajectory, self.frames_path)
-        else:  # stopped before the first frame: an empty, valid file
-            import h5py
-
-            h5py.File(self.frames_path, "w").close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        finish(scratch, trajectory, self.frames_path)
         self.metrics = {
             "steps": summary.steps, "steps_done": summary.steps_done, "stopped": int(summary.stopped),
             "stop_reason": summary.stop_reason or "none", "frames": summary.frames_written,

@@ -4,7 +4,8 @@ Thin wrappers over :mod:`lotf.dynamics`. Both start from ``data[data_id]`` (any 
 and use ``model``: a node with ``model_dir`` (our training node; the fast JAX path) or any node
 with ``get_calculator()`` (IPSuite's protocol; a lotf calculator also runs on the JAX path, any
 other ASE calculator through the slower callback path with the same loop, checks and biases).
-Outputs are H5MD ``frames.h5`` read back through ``frames``, and metrics.
+Outputs are H5MD ``frames.h5`` read back through ``frames``, and metrics. A killed MD run
+continues where it stopped when the stage runs again (:mod:`lotf.nodes.scratch`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ase
 import zntrack
 
 from lotf.nodes.frames import flatten, read_h5md
+from lotf.nodes.scratch import finish, scratch_dir
 
 
 def forcefield_for(model: Any, bias=None, d3: dict | None = None):
@@ -111,6 +113,11 @@ class MDSampling(zntrack.Node):
     frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
     metrics: dict = zntrack.metrics()
 
+    def _settings(self) -> dict:
+        return {key: getattr(self, key) for key in (
+            "data_id", "method", "bias", "ensemble", "thermostat", "thermostat_params", "barostat", "temperature",
+            "timestep", "steps", "sampling_rate", "seed", "modifiers", "checks", "on_trigger", "d3")}
+
     def run(self) -> None:
         from lotf.dynamics import biases, checks, modifiers
         from lotf.dynamics.integrators import make_integrator
@@ -122,19 +129,18 @@ class MDSampling(zntrack.Node):
         bias = biases.from_dict(self.method, bias_params, self.temperature)
         integrator = make_integrator(self.thermostat, self.timestep, self.ensemble, self.thermostat_params,
                                      self.barostat)
+        # trajectory and checkpoints live outside DVC's outputs until the run is done (resumable)
+        scratch = scratch_dir(self.name, self._settings(), atoms, self.model)
         run = MDRun(
             atoms, forcefield_for(self.model, bias, self.d3), integrator, steps=self.steps, temperature=self.temperature,
             sampling_rate=self.sampling_rate, seed=self.seed,
             modifiers=[modifiers.from_dict(m) for m in self.modifiers],
             checks=[checks.from_dict(c) for c in self.checks], on_trigger=self.on_trigger,
-            trajectory=self.frames_path, pca_frames=flatten(self.data) if pca_data else None,
+            trajectory=scratch / "frames.h5", checkpoint=scratch / "checkpoint.npz",
+            pca_frames=flatten(self.data) if pca_data else None,
         )
         summary = run.run()
-        Path(self.frames_path).parent.mkdir(parents=True, exist_ok=True)
-        if not Path(self.frames_path).exists():  # no accepted frame: an empty, valid file
-            import h5py
-
-            h5py.File(self.frames_path, "w").close()
+        finish(scratch, scratch / "frames.h5", self.frames_path)
         self.metrics = {
             "steps": summary.steps, "steps_done": summary.steps_done,
             "steps_before_stop": summary.steps_before_stop, "stopped": int(summary.stopped),

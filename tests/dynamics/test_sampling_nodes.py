@@ -135,3 +135,44 @@ def test_md_sampling_d3_rejects_bad_options(model_dir):
         forcefield_for(model, d3={"cutof": 8.0})
     with pytest.raises(ValueError, match="three-body"):
         forcefield_for(model, d3={"cutoff": 8.0, "three_body": True})
+
+
+def test_md_sampling_killed_run_resumes(workdir, model_dir, monkeypatch):
+    """A kill mid-run leaves a checkpoint outside the node's outputs; the rerun continues it."""
+    from lotf.dynamics import md
+    from lotf.nodes.scratch import scratch_root
+
+    monkeypatch.delenv("LOTF_SCRATCH", raising=False)
+    model = types.SimpleNamespace(model_dir=model_dir)
+
+    def node(name):
+        return MDSampling(data=emt_frames(1), model=model, steps=60, sampling_rate=10, timestep=1.0,
+                          temperature=300.0, checks=[], name=name)
+
+    setup = md.MDRun._setup
+
+    def small_blocks(self):  # several blocks, so the kill comes mid-run
+        self.block_steps = 20
+        setup(self)
+
+    monkeypatch.setattr(md.MDRun, "_setup", small_blocks)
+    reference = node("reference")
+    reference.run()
+    save = md.MDRun._save_checkpoint
+
+    def killed(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(md.MDRun, "_save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        node("sampler").run()
+    (scratch,) = scratch_root().glob("sampler-*")
+    assert (scratch / "checkpoint.npz").exists()
+    monkeypatch.setattr(md.MDRun, "_save_checkpoint", save)
+    resumed = node("sampler")
+    resumed.run()
+    assert resumed.metrics["frames"] == 6 and not scratch.exists()
+    for a, b in zip(resumed.frames, reference.frames, strict=True):
+        assert a.info["step"] == b.info["step"]
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-10)

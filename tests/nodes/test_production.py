@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lotf.demo import emt_frames
-from lotf.nodes.production import ProductionMD, scratch_root
+from lotf.nodes.production import ProductionMD
+from lotf.nodes.scratch import scratch_root
 from lotf.potential.graph import collate, structure_arrays
 from lotf.potential.io import save_model
 from lotf.potential.model import Model, ModelConfig
@@ -65,7 +66,8 @@ def test_npt_production_changes_the_volume(workdir, model):
     assert node.metrics["density_mean_g_cm3"] == pytest.approx(np.mean([density(a) for a in node.frames]))
 
 
-def test_killed_run_resumes_with_the_same_trajectory(workdir, model, monkeypatch):
+@pytest.mark.parametrize("killed_in", ["compress", "equilibrate", "production"])
+def test_killed_run_resumes_with_the_same_trajectory(workdir, model, monkeypatch, killed_in):
     from lotf.dynamics import md
 
     reference = production(model, name="reference", density=1.03 * density(emt_frames(1)[0]))
@@ -76,10 +78,13 @@ def test_killed_run_resumes_with_the_same_trajectory(workdir, model, monkeypatch
     original = md.MDRun._save_checkpoint
     calls = {"n": 0}
 
+    checkpoint_name = "checkpoint.npz" if killed_in == "production" else f"{killed_in}.checkpoint.npz"
+
     def die_after_first_checkpoint(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        calls["n"] += 1
-        raise KeyboardInterrupt  # the job is killed right after the first checkpoint
+        if self.checkpoint.name == checkpoint_name:
+            calls["n"] += 1
+            raise KeyboardInterrupt  # the job is killed right after this phase's first checkpoint
 
     monkeypatch.setattr(md.MDRun, "_save_checkpoint", die_after_first_checkpoint)
     setup = md.MDRun._setup
@@ -92,7 +97,8 @@ def test_killed_run_resumes_with_the_same_trajectory(workdir, model, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         interrupted.run()
     scratch = list(scratch_root().glob("prod-*"))
-    assert len(scratch) == 1 and (scratch[0] / "prepared.npz").exists() and (scratch[0] / "checkpoint.npz").exists()
+    assert calls["n"] == 1 and len(scratch) == 1 and (scratch[0] / checkpoint_name).exists()
+    assert (scratch[0] / "prepared.npz").exists() == (killed_in == "production")
 
     monkeypatch.setattr(md.MDRun, "_save_checkpoint", original)
     resumed = production(model, density=1.03 * density(emt_frames(1)[0]))
