@@ -125,7 +125,7 @@ PROFILES = {
             dihedral_windows_ps=[[0.0, 100.0], [0.0, 1000.0], [0.0, 20000.0]],
             npt_pairs=10, npt_temperatures=[283.0, 293.0, 313.0, 333.0, 353.0], npt_equilibration_steps=400_000,
             npt_steps=2_000_000, npt_rate=200, npt_models=list(DENSITY_MODELS), n_conformers=20, fire_steps=5000,
-            diffusion_groups=DIFFUSION_GROUPS,
+            diffusion_groups=DIFFUSION_GROUPS, thermostat="nose_hoover",
         ),
         exploration=dict(steps=200_000, rate=100, runs=exploration_runs(
             udd_heights=[0.1, 0.5, 1.0, 2.0, 5.0, 10.0], udd_widths=[0.1, 0.5, 1.0, 2.0],
@@ -138,13 +138,14 @@ PROFILES = {
         rows=iterations(steps=100, npt_steps=100, long_steps=200, rate=10, n=2)[:1],
         n_conformers=2, n_boxes=1, vs_boxes=1, vs_points=4, vs_select=1,
         production=dict(
-            temperatures=[313.0, 353.0], sizes=[4, 5], compress_steps=40, equilibration_steps=20, steps=200, rate=5,
+            temperatures=[313.0, 353.0], sizes=[4, 5], compress_steps=100, equilibration_steps=20, steps=200, rate=5,
             max_lag_ps=0.0175, fit_window_ps=[0.005, 0.0175], dihedral_windows_ps=[[0.0, 0.05], [0.0, 0.1]],
             npt_pairs=4, npt_temperatures=[353.0], npt_equilibration_steps=20, npt_steps=100, npt_rate=5,
             npt_models=["MLP", "MLP+D3(20 Å)"], n_conformers=2,
             # the smoke models are trained on a handful of structures: a long FIRE run or MD breaks
-            # molecules, so the smoke run relaxes briefly and follows atoms, not ion centres of mass
-            fire_steps=10, diffusion_groups=["H", "B"],
+            # molecules, so the smoke run relaxes briefly, follows atoms, not ion centres of mass,
+            # and holds the temperature with a strongly coupled Langevin thermostat
+            fire_steps=10, diffusion_groups=["H", "B"], thermostat="langevin",
         ),
         exploration=dict(steps=100, rate=10, runs=exploration_runs(
             udd_heights=[0.5], udd_widths=[1.0], erbs_barriers=[1.5], erbs_bandwidths=[2.0], erbs_components=[2],
@@ -245,7 +246,7 @@ def _final_models(project: zntrack.Project, p: dict, state: CampaignState) -> di
 def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]) -> None:
     """Seed 1 "Production simulations": NVT for RDFs, diffusion and dihedrals; NPT for densities."""
     model = models[PRODUCTION_MODEL]
-    run = dict(timestep=0.5, thermostat="nose_hoover", compress_steps=q["compress_steps"])
+    run = dict(timestep=0.5, thermostat=q["thermostat"], compress_steps=q["compress_steps"])
     with project.group(GROUP, "production"):
         cation = SmilesConformers(smiles=BMIM, n_conformers=q["n_conformers"], seed=7, name="BMIM")
         anion = SmilesConformers(smiles=BF4, n_conformers=q["n_conformers"], seed=7, name="BF4")

@@ -53,13 +53,15 @@ PROFILES = {
                   cp2k_run={"n_ranks": 1, "n_threads": 1}, model="models/water_erbs.yaml", overrides={},
                   n_iter=10, steps=50_000, rate=10, n_val=4, n_train=10, erbs_interval_fs=5000.0,
                   production=dict(molecules=256, equilibration_steps=400_000, steps=10_000_000, rate=100,
-                                  max_lag_ps=500.0, fit_window_ps=[50.0, 500.0], group="com:H2O", fire_steps=5000)),
+                                  max_lag_ps=500.0, fit_window_ps=[50.0, 500.0], group="com:H2O", fire_steps=5000,
+                                  thermostat="nose_hoover")),
     "smoke": dict(molecules=4, n_bootstrap=12, b0_train=3, b0_val=2, b1_train=1, cp2k="data/cp2k/test-xtb.yaml",
                   cp2k_run={"n_ranks": 1, "n_threads": 1}, model="models/smoke.yaml",
                   overrides={"model": {"n_members": 4}}, n_iter=1, steps=100, rate=10, n_val=1, n_train=1,
                   erbs_interval_fs=10.0,
                   production=dict(molecules=8, equilibration_steps=20, steps=200, rate=5, max_lag_ps=0.0175,
-                                  fit_window_ps=[0.005, 0.0175], group="O", fire_steps=10)),  # smoke models break molecules
+                                  fit_window_ps=[0.005, 0.0175], group="O", fire_steps=10,
+                                  thermostat="langevin")),  # smoke models break molecules: atoms, strong coupling
 }
 
 
@@ -107,7 +109,7 @@ def build(project: zntrack.Project, profile: str) -> None:
 
 def _production(project: zntrack.Project, q: dict, molecule, models: dict[str, list[tuple[str, TrainModel]]]) -> None:
     """D of water with the model of every iteration of both workflows (seed 2 Fig. 5b)."""
-    run = dict(temperature=300.0, timestep=TIMESTEP, thermostat="nose_hoover", density=None,
+    run = dict(temperature=300.0, timestep=TIMESTEP, thermostat=q["thermostat"], density=None,
                equilibration_steps=q["equilibration_steps"], steps=q["steps"], sampling_rate=q["rate"], seed=0)
     first_model = next(iter(models.values()))[0][1]
     with project.group(GROUP, "production"):

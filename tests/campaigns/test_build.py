@@ -2,6 +2,7 @@
 
 import filecmp
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,3 +67,41 @@ def test_unknown_iteration_setting_fails_at_build_time():
 
     with pytest.raises(BuildError, match="bmim_bf4 iteration ML3: unknown setting 'temprature'"):
         check_row("bmim_bf4", {"name": "ML3", "sampling": {}, "n_select": 5, "temprature": 300})
+
+
+def test_paper_production_follows_seed_1_and_seed_2():
+    """The committed paper graph: the production protocols of seed 1 and the observables of seed 2."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    nvt = {k: v for k, v in params.items() if k.startswith("bmim-bf4_production_nvt-") and "_NVT" in k}
+    assert len(nvt) == 15  # 5 temperatures x 8/16/32 pairs
+    assert {v["temperature"] for v in nvt.values()} == {283.0, 293.0, 313.0, 333.0, 353.0}
+    for v in nvt.values():
+        assert v["thermostat"] == "nose_hoover" and v["ensemble"] == "nvt" and v["timestep"] == 0.5
+        assert v["steps"] * v["timestep"] == 20e6 and v["equilibration_steps"] * v["timestep"] == 5000.0  # 20 ns, 5 ps
+        assert v["compress_steps"] * v["timestep"] == 5000.0 and 1.16 < v["density"] < 1.22  # experimental density
+        assert v["d3"] == {}
+    boxes = {k: v for k, v in params.items() if re.match(r"bmim-bf4_production_.*_Box\d+$", k)}
+    assert sorted(v["count"][0] for v in boxes.values()) == [8, 10, 16, 32]
+    assert all(v["density"] == 0.9 for v in boxes.values())
+    # NVT production uses MLP(D3(8 Å)); NPT densities: trained and hybrid models at every temperature
+    assert "nodes/bmim-bf4/final/ModelDFT-D3-8/model" in stages["bmim-bf4_production_nvt-16_NVT353K"]["deps"]
+    npt = {k: v for k, v in params.items() if k.startswith("bmim-bf4_production_npt_NPT")}
+    assert len(npt) == 25 and all(v["ensemble"] == "npt" and v["steps"] * v["timestep"] == 1e6 for v in npt.values())
+    assert all(v["equilibration_steps"] * v["timestep"] == 200e3 for v in npt.values())  # 200 ps NVT first
+    hybrid = {k: v["d3"]["cutoff"] for k, v in npt.items() if v["d3"]}
+    assert sorted(set(hybrid.values())) == [8.0, 20.0] and len(hybrid) == 10
+    for name in hybrid:  # the hybrid adds D3 to the model trained without it
+        assert "nodes/bmim-bf4/final/ModelDFT/model" in stages[name]["deps"]
+    assert sorted(params["bmim-bf4_production_npt_Densities"]["labels"]) == sorted(
+        ["MLP", "MLP(D3(8 Å))", "MLP(D3(20 Å))", "MLP+D3(8 Å)", "MLP+D3(20 Å)"] * 5)
+    assert len(params["bmim-bf4_production_diffusion_Arrhenius"]["groups"]) == 4
+    # seed 2: the BMIM exploration scan (MD, 6 x 4 UDD grid, ERBS one parameter at a time) and water D
+    runs = [k for k in params if k.startswith("bmim-bf4_exploration_") and not k.endswith("Metrics")]
+    assert sum("UDD" in k for k in runs) == 24 and sum("ERBS" in k for k in runs) == 10 and len(runs) == 35
+    trend = params["water_production_DiffusionTrend"]
+    assert trend["reference"] == 241.0 and trend["series"].count("erbs") == trend["series"].count("md") == 11
+    water = params["water_production_erbs_AL10_NVT300K"]
+    assert water["steps"] * water["timestep"] == 5e6 and water["temperature"] == 300.0
