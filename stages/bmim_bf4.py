@@ -251,14 +251,15 @@ def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]
         cation = SmilesConformers(smiles=BMIM, n_conformers=q["n_conformers"], seed=7, name="BMIM")
         anion = SmilesConformers(smiles=BF4, n_conformers=q["n_conformers"], seed=7, name="BF4")
 
+    packed: dict[int, PackBox] = {}
     boxes: dict[int, GeometryOptimisation] = {}
 
     def relaxed_box(pairs: int) -> GeometryOptimisation:
         if pairs not in boxes:  # NVT and NPT runs of one size share their start structure
-            box = PackBox(data=[cation.frames, anion.frames], count=[pairs, pairs], density=0.900,
-                          n_configurations=1, seed=pairs, name=f"Box{pairs}")
-            boxes[pairs] = GeometryOptimisation(model=model, data=box.frames, data_id=0, max_steps=q["fire_steps"],
-                                                name=f"Relaxed{pairs}")
+            packed[pairs] = PackBox(data=[cation.frames, anion.frames], count=[pairs, pairs], density=0.900,
+                                    n_configurations=1, seed=pairs, name=f"Box{pairs}")
+            boxes[pairs] = GeometryOptimisation(model=model, data=packed[pairs].frames, data_id=0,
+                                                max_steps=q["fire_steps"], name=f"Relaxed{pairs}")
         return boxes[pairs]
 
     groups = q["diffusion_groups"]
@@ -275,7 +276,8 @@ def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]
                     data=md, groups=groups, temperature=T, max_lag_ps=q["max_lag_ps"],
                     fit_window_ps=q["fit_window_ps"], n_blocks=5, name=f"Diffusion{T:.0f}K"))
                 if pairs == q["sizes"][1] and T == q["temperatures"][-1]:  # seed 1 Fig. 5: one butyl chain
-                    Dihedrals(data=md, windows_ps=q["dihedral_windows_ps"], molecule=0, name="ButylDihedrals")
+                    Dihedrals(data=md, topology=packed[pairs].frames, windows_ps=q["dihedral_windows_ps"], molecule=0,
+                              name="ButylDihedrals")
     with project.group(GROUP, "production", "diffusion"):
         extrapolated = [BoxSizeExtrapolation(diffusions=nodes, groups=groups, temperature=T,
                                              name=f"BoxSize{T:.0f}K") for T, nodes in diffusion_by_T.items()]

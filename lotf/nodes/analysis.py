@@ -447,9 +447,15 @@ class ObservableTrend(zntrack.Node):
 
 
 class Dihedrals(zntrack.Node):
-    """Butyl-chain dihedral distributions of BMIM+ over time windows (seed 1 Fig. 5)."""
+    """Butyl-chain dihedral distributions of BMIM+ over time windows (seed 1 Fig. 5).
+
+    The chains are found from the bond graph of the first frame of ``topology`` when given (e.g.
+    the packed start box, whose molecules are intact by construction; same atom order as
+    ``data``), else of the trajectory's first frame.
+    """
 
     data: t.Any = zntrack.deps()
+    topology: t.Any = zntrack.deps(None)
     windows_ps: list[list[float]] | None = zntrack.params(None)
     molecule: int | None = zntrack.params(0)
     n_bins: int = zntrack.params(72)
@@ -466,8 +472,16 @@ class Dihedrals(zntrack.Node):
             if self.windows_ps is None
             else [(1000.0 * a, 1000.0 * b) for a, b in self.windows_ps]
         )
+        source = resolve_source(self.data)
+        quads = None
+        if self.topology is not None:
+            reference = read_frame(resolve_source(self.topology), 0)
+            if len(reference) != read_info(source).n_atoms:
+                raise ValueError(f"topology: {len(reference)} atoms, the trajectory has {read_info(source).n_atoms}")
+            quads = dihedral_lib.butyl_dihedral_quads(reference)
         res = dihedral_lib.dihedral_distributions(
-            resolve_source(self.data),
+            source,
+            quads=quads,
             windows_fs=windows,
             n_bins=self.n_bins,
             timestep_fs=self.timestep_fs,

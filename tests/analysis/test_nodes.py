@@ -177,6 +177,19 @@ def test_dihedrals_node(workdir):
         "C1-C2-C3-C4",
     }
 
+    # a trajectory whose first frame has a broken chain: the topology frame still finds it
+    broken = [a.copy() for a in frames]
+    broken[0].positions[3] += [6.0, 0.0, 0.0]  # C4 of the butyl chain far away in frame 0
+    with pytest.raises(ValueError):
+        nodes.Dihedrals(data=types.SimpleNamespace(frames=broken), timestep_fs=10.0, name="nochain").run()
+    fixed = nodes.Dihedrals(data=types.SimpleNamespace(frames=broken), topology=[base], timestep_fs=10.0,
+                            windows_ps=[[0.0, 0.2], [0.0, 0.4]], name="withtopology")
+    fixed.run()
+    assert fixed.metrics["C1-C2-C3-C4"] == [20, 40]
+    with pytest.raises(ValueError, match="topology: 3 atoms"):
+        nodes.Dihedrals(data=types.SimpleNamespace(frames=frames), topology=[base[:3]], timestep_fs=10.0,
+                        name="mismatch").run()
+
 
 def test_prediction_metrics_node(workdir):
     rng = np.random.default_rng(0)
