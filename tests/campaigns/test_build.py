@@ -1,7 +1,6 @@
 """`lotf build`: deterministic graphs that match the committed root files; build-time errors."""
 
 import filecmp
-import os
 import re
 import shutil
 import subprocess

@@ -1,9 +1,6 @@
 """Results through a DVC remote: push, fresh clone, dvc pull, zntrack.from_rev, the example notebook."""
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import ase.io
