@@ -1,11 +1,22 @@
-"""ZnTrack nodes: thin wrappers over the library (parameters in, files out)."""
+"""ZnTrack nodes: thin wrappers over the library (parameters in, files out).
 
-from lotf.nodes.d3 import RecomputeD3
-from lotf.nodes.frames import FilterOutliers, LoadFrames, MergeFrames
-from lotf.nodes.label import CP2KLabel
-from lotf.nodes.sampling import GeometryOptimisation, MDSampling
-from lotf.nodes.selection import MaxDistSelection, RandomSelection, UncertaintySelection
-from lotf.nodes.train import TrainModel
+The names below load their module on first use: every DVC stage is a fresh ``zntrack run``
+process that needs one node class, so importing all node modules (CP2K tools, Dask, Optax, ...)
+for each stage would only add start-up time.
+"""
 
-__all__ = ["CP2KLabel", "FilterOutliers", "GeometryOptimisation", "LoadFrames", "MDSampling", "MaxDistSelection", "MergeFrames", "RandomSelection",
-           "RecomputeD3", "TrainModel", "UncertaintySelection"]
+import importlib
+
+_MODULES = {
+    "CP2KLabel": "label", "FilterOutliers": "frames", "GeometryOptimisation": "sampling", "LoadFrames": "frames",
+    "MDSampling": "sampling", "MaxDistSelection": "selection", "MergeFrames": "frames", "ProductionMD": "production",
+    "RandomSelection": "selection", "RecomputeD3": "d3", "TrainModel": "train", "UncertaintySelection": "selection",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name):
+    if name in _MODULES:
+        return getattr(importlib.import_module(f"lotf.nodes.{_MODULES[name]}"), name)
+    raise AttributeError(f"module 'lotf.nodes' has no attribute '{name}'")
