@@ -147,8 +147,8 @@ PROFILES = {
             # and holds the temperature with a strongly coupled Langevin thermostat
             fire_steps=10, diffusion_groups=["H", "B"], thermostat="langevin",
         ),
-        exploration=dict(steps=100, rate=10, runs=exploration_runs(
-            udd_heights=[0.5], udd_widths=[1.0], erbs_barriers=[1.5], erbs_bandwidths=[2.0], erbs_components=[2],
+        exploration=dict(steps=100, rate=10, runs=exploration_runs(  # MD and one ERBS run (UDD: the unit tests)
+            udd_heights=[], udd_widths=[], erbs_barriers=[1.5], erbs_bandwidths=[], erbs_components=[],
             interval=20)),
     ),
 }

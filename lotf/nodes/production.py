@@ -125,8 +125,10 @@ class ProductionMD(zntrack.Node):
             return run, run.run()
 
         def preparation(name: str, steps: int) -> dict:
-            # a few frames and checkpoints in scratch, so a kill during a 200 ps equilibration loses little
-            return {"sampling_rate": min(steps, 1000), "trajectory": scratch / f"{name}.h5",
+            # frames and checkpoints in scratch, so a kill during a 200 ps equilibration loses little;
+            # the production's frame rate makes an NVT equilibration the same program as an NVT
+            # production, so the second one comes from the compilation cache
+            return {"sampling_rate": min(steps, self.sampling_rate), "trajectory": scratch / f"{name}.h5",
                     "checkpoint": scratch / f"{name}.checkpoint.npz"}
 
         prepared = scratch / "prepared.npz"
