@@ -4,8 +4,8 @@ It copies the campaign definitions and their inputs (``stages/``, ``models/``, `
 DIR, builds the smoke profile, runs ``dvc repro`` (real GROMACS, CP2K and JAX), then prints one
 table per campaign and the production observables, and writes reports with plots. The smoke
 models are trained on a handful of structures: their MD is not physical (molecules break, the
-thermostat fights huge forces), so the observables only show that the pipeline runs. A second run reuses DVC's cache and
-reproduces nothing.
+thermostat fights huge forces), so the observables only show that the pipeline runs. A second
+run reuses DVC's cache and reproduces nothing.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def prepare_project(directory: Path, campaigns: list[str] | None = None, profile
         _run(["git", "config", "user.name", "lotf demo"], directory)
     ignore = directory / ".gitignore"
     lines = ignore.read_text().splitlines() if ignore.exists() else []
-    if "/.lotf/" not in lines:  # scratch of interrupted production runs (lotf.nodes.production)
+    if "/.lotf/" not in lines:  # scratch of interrupted MD runs (lotf.nodes.scratch)
         ignore.write_text("\n".join([*lines, "/.lotf/"]) + "\n")
     if not (directory / ".dvc").exists():
         _run(["dvc", "init", "-q"], directory)
