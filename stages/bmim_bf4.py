@@ -126,6 +126,7 @@ PROFILES = {
             npt_pairs=10, npt_temperatures=[283.0, 293.0, 313.0, 333.0, 353.0], npt_equilibration_steps=400_000,
             npt_steps=2_000_000, npt_rate=200, npt_models=list(DENSITY_MODELS), n_conformers=20, fire_steps=5000,
             diffusion_groups=DIFFUSION_GROUPS, thermostat="nose_hoover",
+            rdf_temperatures=[283.0, 293.0, 313.0, 333.0, 353.0], arrhenius_per_size=True,
         ),
         exploration=dict(steps=200_000, rate=100, runs=exploration_runs(
             udd_heights=[0.1, 0.5, 1.0, 2.0, 5.0, 10.0], udd_widths=[0.1, 0.5, 1.0, 2.0],
@@ -141,7 +142,7 @@ PROFILES = {
             temperatures=[313.0, 353.0], sizes=[4, 5], compress_steps=100, equilibration_steps=20, steps=200, rate=5,
             max_lag_ps=0.0175, fit_window_ps=[0.005, 0.0175], dihedral_windows_ps=[[0.0, 0.05], [0.0, 0.1]],
             npt_pairs=4, npt_temperatures=[353.0], npt_equilibration_steps=20, npt_steps=100, npt_rate=5,
-            npt_models=["MLP", "MLP+D3(20 Å)"], n_conformers=2,
+            npt_models=["MLP+D3(20 Å)"], n_conformers=2, rdf_temperatures=[353.0], arrhenius_per_size=False,
             # the smoke models are trained on a handful of structures: a long FIRE run or MD breaks
             # molecules, so the smoke run relaxes briefly, follows atoms, not ion centres of mass,
             # and holds the temperature with a strongly coupled Langevin thermostat
@@ -271,7 +272,8 @@ def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]
                 md = ProductionMD(data=start.frames, model=model, temperature=T, density=experimental_density(T),
                                   equilibration_steps=q["equilibration_steps"], steps=q["steps"],
                                   sampling_rate=q["rate"], seed=int(T), name=f"NVT{T:.0f}K", **run)
-                RDF(data=md, name=f"RDF{T:.0f}K")
+                if T in q["rdf_temperatures"]:
+                    RDF(data=md, name=f"RDF{T:.0f}K")
                 diffusion_by_T[T].append(Diffusion(
                     data=md, groups=groups, temperature=T, max_lag_ps=q["max_lag_ps"],
                     fit_window_ps=q["fit_window_ps"], n_blocks=5, name=f"Diffusion{T:.0f}K"))
@@ -283,8 +285,9 @@ def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]
                                              name=f"BoxSize{T:.0f}K") for T, nodes in diffusion_by_T.items()]
         experiment = {g: s for g, s in EXPERIMENT_SPECIES.items() if g in groups}
         ArrheniusPlot(diffusions=extrapolated, groups=groups, experimental=experiment, name="Arrhenius")
-        ArrheniusPlot(diffusions=[nodes[-1] for nodes in diffusion_by_T.values()], groups=groups,
-                      experimental=experiment, name=f"Arrhenius{q['sizes'][-1]}Pairs")
+        if q["arrhenius_per_size"]:  # the largest box without the finite-size correction
+            ArrheniusPlot(diffusions=[nodes[-1] for nodes in diffusion_by_T.values()], groups=groups,
+                          experimental=experiment, name=f"Arrhenius{q['sizes'][-1]}Pairs")
 
     densities, labels = [], []
     with project.group(GROUP, "production", "npt"):
