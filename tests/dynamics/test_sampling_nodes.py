@@ -7,16 +7,11 @@ import sys
 import types
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lotf.demo import emt_frames
 from lotf.nodes.sampling import GeometryOptimisation, MDSampling, forcefield_for
-from lotf.potential.graph import collate, structure_arrays
-from lotf.potential.io import save_model
-from lotf.potential.model import Model, ModelConfig
 
 
 @pytest.fixture
@@ -26,16 +21,8 @@ def workdir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def model_dir(tmp_path):
-    frames = emt_frames(2)
-    config = ModelConfig(species=(13, 29), hidden=(16,), n_radial=2, n_basis=3, r_max=4.5, n_members=2,
-                         contractions=(0, 1, 2, 3))
-    model = Model(config)
-    graph = jax.tree_util.tree_map(jnp.asarray, collate([structure_arrays(frames[0], config.species, config.r_max)]))
-    params = model.init(jax.random.PRNGKey(0), graph)
-    params = dict(params)
-    params["scale"] = params["scale"] * 0.05  # gentle random surface
-    return save_model(tmp_path / "model", config, params)
+def model_dir(emt_model_dir):
+    return emt_model_dir
 
 
 def test_md_sampling_node_udd_and_erbs(workdir, model_dir):

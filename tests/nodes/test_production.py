@@ -2,17 +2,12 @@
 
 import types
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lotf.demo import emt_frames
 from lotf.nodes.production import ProductionMD
 from lotf.nodes.scratch import scratch_root
-from lotf.potential.graph import collate, structure_arrays
-from lotf.potential.io import save_model
-from lotf.potential.model import Model, ModelConfig
 
 
 @pytest.fixture
@@ -23,15 +18,8 @@ def workdir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def model(tmp_path):
-    frames = emt_frames(1)
-    config = ModelConfig(species=(13, 29), hidden=(16,), n_radial=2, n_basis=3, r_max=4.5, n_members=2,
-                         contractions=(0, 1, 2, 3))
-    m = Model(config)
-    graph = jax.tree_util.tree_map(jnp.asarray, collate([structure_arrays(frames[0], config.species, config.r_max)]))
-    params = dict(m.init(jax.random.PRNGKey(0), graph))
-    params["scale"] = params["scale"] * 0.05  # a gentle random surface
-    return types.SimpleNamespace(model_dir=save_model(tmp_path / "model", config, params), name="model")
+def model(emt_model_dir):
+    return types.SimpleNamespace(model_dir=emt_model_dir, name="model")
 
 
 def density(atoms):
