@@ -20,7 +20,9 @@ called from inside the jitted step through ``jax.pure_callback``, so checks, mod
 frames are identical; only the speed differs.
 
 Frames are written every ``sampling_rate`` steps (not the start structure) with energy, forces
-(totals, bias included), stress (periodic), ``energy_uncertainty``, ``forces_uncertainty``,
+(totals, bias included), stress (periodic; with an ASE calculator only under NPT, the only case
+where the calculator is asked for it, so no uncomputed zero stress is ever stored),
+``energy_uncertainty``, ``forces_uncertainty``,
 ``energy_bias``, ``forces_bias`` and ``info`` entries ``step``, ``time`` (fs), ``temperature``
 (instantaneous, K), ``target_temperature`` (K) and, under NPT, ``target_pressure`` (bar).
 
@@ -64,7 +66,8 @@ from lotf.dynamics.biases import ERBS, UDD, bias_kind, erbs_capacity
 from lotf.dynamics.integrators import StochasticCellRescaling
 from lotf.dynamics.modifiers import Control, DensityRamp, PressureRamp, TemperatureRamp
 from lotf.dynamics.potential import ForceField, JaxBase, make_graph
-from lotf.dynamics.state import MDState, Prediction, ThermostatState, maxwell_boltzmann, temperature
+from lotf.dynamics.state import (MDState, Prediction, ThermostatState, maxwell_boltzmann, remove_com_momentum,
+                                 temperature)
 from lotf.potential import neighbors
 
 for _name in ("energy_uncertainty", "forces_uncertainty", "energy_bias", "forces_bias"):
@@ -173,7 +176,8 @@ class MDRun:
             potentials and one group for ASE calculators.
         skin: neighbour-list skin in Å. ``capacity_factor``: headroom of the row capacity.
         neighbor_capacity: force the row capacity (tests use it to provoke overflows).
-        use_momenta: start from the momenta stored in ``atoms`` instead of drawing new ones.
+        use_momenta: start from the momenta stored in ``atoms`` instead of drawing new ones; their
+            centre-of-mass momentum is removed when the integrator counts 3N - 3 degrees of freedom.
         progress: show a tqdm bar.
         keep_frames: also keep the written frames in ``self.frames`` (always when there is no
             trajectory). After a resume it holds only the frames of this process.
@@ -246,15 +250,13 @@ class MDRun:
         self.t_end = self.steps * self.dt_fs
         self.dof = 3 * self.n_atoms - (3 if self.integrator.remove_com and self.n_atoms > 1 else 0)
 
+        # a stress is written to the frames only where it was computed: always for JAX potentials
+        # (frames come from full evaluations), for an ASE calculator only when NPT asked it for one
+        self.frame_stress = self.pbc and (not ff.is_ase or ff.base.need_stress)
+
         checks = list(self.checks)
         if not any(isinstance(c, checks_mod.NaNCheck) for c in checks):
             checks.append(checks_mod.NaNCheck())
-        n_members = ff.base.n_members if ff.is_ase else None
-        for c in checks:
-            if c.needs_uncertainty and ff.is_ase and not ff.base.has_uncertainty:
-                raise ValueError(f"check '{c.name}' needs ensemble uncertainties, which the ASE calculator does not give")
-        if isinstance(ff.bias, UDD) and ff.is_ase and n_members < 2:
-            raise ValueError("UDD needs energy_ensemble/forces_ensemble from the ASE calculator")
         if isinstance(ff.bias, UDD) and ff.is_ase and self.npt:
             raise ValueError("UDD under NPT needs member stresses, which ASE calculators do not give; use a JAX potential")
         self.check_list = checks
@@ -269,6 +271,7 @@ class MDRun:
             self.specs.append(spec)
             nbrs.append(nb)
         self.specs = tuple(self.specs)
+        self._check_ensemble(positions, cell, nbrs)
 
         self.masses = np.asarray(atoms.get_masses(), np.float64)
         if np.any(self.masses <= 0):
@@ -278,7 +281,9 @@ class MDRun:
         key, k_mom = jax.random.split(key)
         control0 = self._control(0.0)
         if self.use_momenta and np.any(atoms.get_momenta() != 0):
-            momenta = jnp.asarray(atoms.get_momenta())
+            momenta = jnp.asarray(atoms.get_momenta(), jnp.float64)
+            if self.integrator.remove_com:  # the thermostat counts 3N - 3 degrees of freedom
+                momenta = remove_com_momentum(momenta, jnp.asarray(self.masses))
         else:
             momenta = maxwell_boltzmann(k_mom, jnp.asarray(self.masses), control0.kT, self.integrator.remove_com)
 
@@ -301,6 +306,31 @@ class MDRun:
             self.block_steps = self.sampling_rate if ff.is_ase else max(1000, self.sampling_rate)
         self.groups_per_block = max(1, math.ceil(self.block_steps / self.sampling_rate))
         self._compiled: dict = {}
+
+    def _ensemble_size(self, positions, cell, nbrs) -> int:
+        """Members of the base potential (ASE: what the calculator reported; JAX: traced shape)."""
+        ff = self.forcefield
+        if ff.is_ase:
+            return ff.base.n_members
+        lists = [nbrs[i] for i in ff.term_lists]
+        shape = jax.eval_shape(lambda r, c, nb: ff.base.member_energies(r, c, nb, virial=False)[0],
+                               positions, cell, lists)
+        return int(shape.shape[0])
+
+    def _check_ensemble(self, positions, cell, nbrs) -> None:
+        """Uncertainty checks and UDD need an ensemble: with one member σ is 0 and they never act."""
+        ff = self.forcefield
+        n_members = self._ensemble_size(positions, cell, nbrs)
+        kind = f"the ASE calculator {type(ff.base.calc).__name__}" if ff.is_ase else "the JAX potential"
+        has_uncertainty = ff.base.has_uncertainty if ff.is_ase else n_members > 1
+        for c in self.check_list:
+            if c.needs_uncertainty and not has_uncertainty:
+                given = "gives no ensemble" if ff.is_ase else f"has {n_members} member"
+                raise ValueError(f"check '{c.name}' needs ensemble uncertainties, but {kind} {given}; "
+                                 "use an ensemble (n_members >= 2) or drop the check")
+        if isinstance(ff.bias, UDD) and n_members < 2:
+            given = "gives no energy_ensemble/forces_ensemble" if ff.is_ase else f"has {n_members} member"
+            raise ValueError(f"UDD needs an ensemble (at least 2 members), but {kind} {given}")
 
     def _allocate(self, positions, cell, cutoff, min_capacity: int = 0):
         pbc = (self.pbc,) * 3
@@ -501,7 +531,7 @@ class MDRun:
                 "forces_uncertainty": frames["forces_uncertainty"][k],
                 "energy_bias": float(frames["energy_bias"][k]), "forces_bias": frames["forces_bias"][k],
             }
-            if self.pbc:
+            if self.frame_stress:
                 results["stress"] = full_3x3_to_voigt_6_stress(frames["virial"][k] / abs(np.linalg.det(frames["cell"][k])))
             atoms.calc = SinglePointCalculator(atoms, **results)
             step = int(frames["step"][k])

@@ -110,7 +110,9 @@ class AseBase:
         results = self.calc.results
         ens = results.get("energy_ensemble")
         self.n_members = int(np.size(ens)) if ens is not None and "forces_ensemble" in results else 1
-        self.has_uncertainty = self.n_members > 1 or "forces_uncertainty" in results
+        # a one-member "ensemble" (e.g. a lotf calculator of a single model) reports σ = 0
+        one_member = ens is not None and np.size(ens) < 2
+        self.has_uncertainty = self.n_members > 1 or ("forces_uncertainty" in results and not one_member)
         if need_stress:
             try:
                 self.atoms.get_stress()

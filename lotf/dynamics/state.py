@@ -98,6 +98,13 @@ def degrees_of_freedom(n_atoms: int, remove_com: bool) -> int:
     return max(3 * n_atoms - (3 if remove_com and n_atoms > 1 else 0), 1)
 
 
+def remove_com_momentum(momenta: jax.Array, masses: jax.Array) -> jax.Array:
+    """Momenta with the centre-of-mass momentum subtracted (each atom in proportion to its mass)."""
+    if masses.shape[0] < 2:
+        return momenta
+    return momenta - masses[:, None] * (jnp.sum(momenta, axis=0) / jnp.sum(masses))
+
+
 def maxwell_boltzmann(key: jax.Array, masses: jax.Array, kT: float | jax.Array, remove_com: bool) -> jax.Array:
     """Momenta drawn from the Maxwell–Boltzmann distribution at kT (eV).
 
@@ -105,9 +112,7 @@ def maxwell_boltzmann(key: jax.Array, masses: jax.Array, kT: float | jax.Array, 
     momenta are not rescaled to the exact target temperature, so the start is a proper sample.
     """
     p = jax.random.normal(key, (masses.shape[0], 3), dtype=jnp.float64) * jnp.sqrt(masses * kT)[:, None]
-    if remove_com and masses.shape[0] > 1:
-        p = p - masses[:, None] * (jnp.sum(p, axis=0) / jnp.sum(masses))
-    return p
+    return remove_com_momentum(p, masses) if remove_com else p
 
 
 def fs_to_ase(t_fs: float) -> float:

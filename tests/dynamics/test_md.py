@@ -241,3 +241,101 @@ def test_bad_input_fails_with_one_clear_line():
         md(Atoms("Ne", positions=[[0, 0, 0]]), steps=10).run()
     with pytest.raises(ValueError, match="check 'kind'"):
         checks.from_dict({"kind": "vibes"})
+
+
+def test_frames_store_a_stress_only_where_it_was_computed(tmp_path):
+    import znh5md
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    cu = bulk("Cu", cubic=True, a=3.5).repeat(2)  # compressed: EMT's stress is far from zero
+    cu.rattle(0.02, seed=1)
+    nvt = md(cu, ForceField(AseBase(EMT())), Langevin(timestep=2.0), steps=20, sampling_rate=10, temperature=300.0,
+             trajectory=tmp_path / "nvt.h5")
+    nvt.run()
+    assert len(nvt.frames) == 2
+    # NVT never asks the calculator for a stress: none may be stored (it used to be exactly zero)
+    assert all("stress" not in a.calc.results for a in nvt.frames)
+    assert all("stress" not in a.calc.results for a in znh5md.IO(tmp_path / "nvt.h5")[:])
+
+    npt = md(cu, ForceField(AseBase(EMT())), StochasticCellRescaling(Langevin(timestep=2.0), compressibility=1e-4),
+             steps=20, sampling_rate=10, temperature=300.0, trajectory=tmp_path / "npt.h5")
+    npt.run()
+    stored = znh5md.IO(tmp_path / "npt.h5")[:]
+    assert len(stored) == len(npt.frames) == 2
+    for frame, back in zip(npt.frames, stored):
+        ref = frame.copy()
+        ref.calc = EMT()
+        expected = ref.get_stress()
+        assert np.abs(expected).max() > 1e-3
+        np.testing.assert_allclose(frame.calc.results["stress"], expected, atol=1e-10)
+        np.testing.assert_allclose(back.calc.results["stress"], expected, atol=1e-10)
+
+    # a JAX potential computes the stress on every frame, NVT or not: it stays
+    atoms = argon_fcc(2, a=5.0, rattle=0.05)  # compressed argon
+    run = md(atoms, integrator=Langevin(timestep=2.0), steps=20, sampling_rate=10, temperature=50.0)
+    run.run()
+    frame = run.frames[-1]
+    term = EnergyTerm(lj_energy_fn(), (EPS, SIGMA, RC), RC)
+    ref = frame.copy()
+    ref.calc = LotfCalculator([term], species=(18,))
+    expected = ref.get_stress()
+    assert np.abs(expected).max() > 1e-4
+    np.testing.assert_allclose(frame.calc.results["stress"], expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("check", [checks.ForcesUncertaintyCheck(0.5), checks.EnergyUncertaintyCheck(0.05)])
+def test_uncertainty_checks_need_an_ensemble_for_every_potential_kind(check):
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    atoms = argon_fcc(2)
+    # JAX potential with one member: σ is 0, the check could never fire
+    with pytest.raises(ValueError, match=r"needs ensemble uncertainties, but the JAX potential has 1 member") as err:
+        md(atoms, lj_forcefield(members=(1.0,)), steps=10, checks=[check]).run()
+    assert "\n" not in str(err.value)
+    # a lotf calculator of a one-member model reports a zero uncertainty: no ensemble either
+    term = EnergyTerm(lj_energy_fn((1.0,)), (EPS, SIGMA, RC), RC)
+    one = LotfCalculator([term], species=(18,), members=True)
+    with pytest.raises(ValueError, match="needs ensemble uncertainties, but the ASE calculator LotfCalculator"):
+        md(atoms, ForceField(AseBase(one)), steps=10, checks=[check]).run()
+    with pytest.raises(ValueError, match="needs ensemble uncertainties, but the ASE calculator EMT"):
+        md(bulk("Cu", cubic=True).repeat(2), ForceField(AseBase(EMT())), steps=10, checks=[check]).run()
+    # two members: accepted on both paths
+    assert md(atoms, lj_forcefield(members=(1.0, 1.1)), steps=10, sampling_rate=10, checks=[check]).run().steps_done == 10
+    two = LotfCalculator([EnergyTerm(lj_energy_fn((1.0, 1.1)), (EPS, SIGMA, RC), RC)], species=(18,), members=True)
+    assert md(atoms, ForceField(AseBase(two)), steps=10, sampling_rate=10, checks=[check]).run().steps_done == 10
+
+
+def test_udd_needs_an_ensemble_for_every_potential_kind():
+    atoms = argon_fcc(2)
+    with pytest.raises(ValueError, match="UDD needs an ensemble .*the JAX potential has 1 member"):
+        md(atoms, lj_forcefield(members=(1.0,), bias=UDD()), steps=10).run()
+    term = EnergyTerm(lj_energy_fn((1.0,)), (EPS, SIGMA, RC), RC)
+    one = LotfCalculator([term], species=(18,), members=False)
+    with pytest.raises(ValueError, match="UDD needs an ensemble .*the ASE calculator LotfCalculator"):
+        md(atoms, ForceField(AseBase(one), UDD()), steps=10).run()
+
+
+def test_supplied_momenta_lose_their_centre_of_mass_motion():
+    atoms = argon_fcc(2)
+    rng = np.random.default_rng(3)
+    masses = atoms.get_masses()
+    drift = np.array([0.3, -0.2, 0.1])  # Å per ASE time unit, added to every atom
+    momenta = rng.normal(scale=0.5, size=(len(atoms), 3)) + masses[:, None] * drift
+    atoms.set_momenta(momenta)
+    internal = momenta - masses[:, None] * (momenta.sum(0) / masses.sum())
+
+    run = md(atoms, integrator=VelocityVerlet(timestep=2.0), steps=20, sampling_rate=10, use_momenta=True)
+    run.run()
+    # VelocityVerlet counts 3N - 3 degrees of freedom: the start momenta carry no net momentum ...
+    assert np.abs(np.asarray(run.carry.state.momenta).sum(0)).max() < 1e-9
+    assert np.abs(run.frames[0].get_momenta().sum(0)).max() < 1e-9
+    # ... and only the centre-of-mass part was removed
+    start = md(atoms, integrator=VelocityVerlet(timestep=2.0), steps=10, use_momenta=True)
+    start._setup()
+    np.testing.assert_allclose(np.asarray(start.carry.state.momenta), internal, atol=1e-12)
+    # Langevin counts all 3N degrees of freedom and keeps the momenta as given
+    kept = md(atoms, integrator=Langevin(timestep=2.0), steps=10, use_momenta=True)
+    kept._setup()
+    np.testing.assert_allclose(np.asarray(kept.carry.state.momenta), momenta, atol=1e-12)
