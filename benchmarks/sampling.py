@@ -34,7 +34,7 @@ def _forcefield(method: str, model, params, species):
         r_max = 6.0 if method == "erbs_own_list" else None  # None: the model's cutoff and list
         bias = ERBS(temperature=300.0, barrier=1.5, per_atom=True, bandwidth=2.0, n_components=2, interval=2000,
                     r_max=r_max)
-    return ForceField(JaxBase([gmnn_term(model, params)], species, model.config.uncertainty_ddof), bias)
+    return ForceField(JaxBase([gmnn_term(model, params)], species), bias)
 
 
 def sampling_benchmark(steps: int = 100, repeats: int = 5, quick: bool = False) -> dict:

@@ -79,14 +79,13 @@ class LotfCalculator(Calculator):
     """
 
     def __init__(self, terms: Sequence[EnergyTerm], species: tuple[int, ...], *, members: bool = True,
-                 skin: float = 0.5, ddof: int = 0, **kwargs):
+                 skin: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         self.terms = list(terms)
         self.species = tuple(species)
         self.members = members
         self.skin = skin
-        self.ddof = int(ddof)
-        self._predict = jax.jit(make_predict([t.fn for t in self.terms], members=members, ddof=ddof))
+        self._predict = jax.jit(make_predict([t.fn for t in self.terms], members=members))
         self._lists = [TermNeighbors(t.cutoff, skin) for t in self.terms]
         self.implemented_properties = ["energy", "free_energy", "forces", "stress"]
         if members:
@@ -130,4 +129,4 @@ class LotfCalculator(Calculator):
 
 
 def gmnn_term(model: Model, params) -> EnergyTerm:
-    return EnergyTerm(fn=model.structure_energies, params=params, cutoff=model.config.r_max)
+    return EnergyTerm(fn=model.energy_term, params=params, cutoff=model.config.r_max)

@@ -61,5 +61,4 @@ def load_calculator(directory: str | Path, *, members: bool = True, skin: float 
     """ASE calculator of a trained model directory (optionally plus extra terms such as D3)."""
     model, params, _ = load_model(directory)
     terms = [gmnn_term(model, params)] + list(extra_terms or [])
-    return LotfCalculator(terms, model.config.species, members=members, skin=skin,
-                          ddof=model.config.uncertainty_ddof, **kwargs)
+    return LotfCalculator(terms, model.config.species, members=members, skin=skin, **kwargs)

@@ -52,7 +52,6 @@ class ModelConfig:
     zbl: bool = False  # physical ZBL repulsion (with the Coulomb constant), added to every member
     zbl_cutoff: float = 1.5
     dtype: str = "float32"  # descriptor and network; sums, scale and shift are always float64
-    uncertainty_ddof: int = 0  # 0: 1/M as in seed-1 eq. 8 (for both ensemble kinds)
 
     def __post_init__(self):
         self.species = tuple(int(z) for z in self.species)
@@ -69,13 +68,10 @@ class ModelConfig:
             ("n_members", self.n_members >= 1, "must be >= 1"),
             ("dtype", self.dtype in ("float32", "float64"), "must be 'float32' or 'float64'"),
             ("activation", self.activation in ACTIVATIONS, f"must be one of {sorted(ACTIVATIONS)}"),
-            ("uncertainty_ddof", self.uncertainty_ddof in (0, 1), "must be 0 or 1"),
         ]
         for key, ok, message in checks:
             if not ok:
                 raise ConfigError(f"model config: '{key}' {message} (got {getattr(self, key)!r})")
-        if self.n_members > 1 and self.uncertainty_ddof >= self.n_members:
-            raise ConfigError("model config: 'uncertainty_ddof' must be smaller than n_members")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -190,12 +186,32 @@ def zbl_atom_energies(graph: Graph, cutoff: float) -> jax.Array:
     return 0.5 * jnp.sum(pair, axis=1)
 
 
+class MemberwiseEnergy:
+    """The energy term of a full ensemble: ``(params, graph) -> (B, K)``, plus ``member(params_k,
+    graph) -> (B,)`` for one member's parameters, so that member forces cost K single-model
+    reverse passes instead of K reverse passes through all K networks (see predict.py)."""
+
+    def __init__(self, model: "Model"):
+        self.model = model
+
+    def __call__(self, params: dict, graph: Graph) -> jax.Array:
+        return self.model.structure_energies(params, graph)
+
+    def member(self, params_k: dict, graph: Graph) -> jax.Array:
+        energies = self.model.network.apply({"params": params_k}, graph)[:, 0]
+        if self.model.config.zbl:
+            energies = energies + zbl_atom_energies(graph, self.model.config.zbl_cutoff)
+        return jax.ops.segment_sum(energies, graph.structure, num_segments=graph.cells.shape[0])
+
+
 class Model:
     """A GMNN (single network, shallow or full ensemble) bound to its configuration."""
 
     def __init__(self, config: ModelConfig):
         self.config = config
         self.network = GMNN(config)
+        # what predict.py differentiates: full ensembles member by member, shallow ones per head
+        self.energy_term = MemberwiseEnergy(self) if config.ensemble == "full" else self.structure_energies
 
     def init(self, key: jax.Array, graph: Graph) -> dict:
         if self.config.ensemble == "full":

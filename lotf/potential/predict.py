@@ -1,11 +1,21 @@
 """Energies, forces, stress and ensemble statistics from energy functions by autodiff.
 
 An *energy term* is anything with ``structure_energies(params, graph) -> (B, M)`` (or (B,)) in
-float64: the GMNN, D3, a bias. Terms are summed; one reverse pass with respect to positions and
-a symmetric strain ε gives forces and the virial for the sum. The strain multiplies positions
-*and* cells by (I + ε); since pair vectors are R_j - R_i + S @ cell with integer S, every pair
-vector, periodic images included, is strained consistently (the reference code strains r as
-(2I + ε) r and leaves image offsets unstrained).
+float64: the GMNN, D3, a bias. Terms are summed; reverse passes with respect to positions and a
+symmetric strain ε give forces and the virial. The strain multiplies positions *and* cells by
+(I + ε); since pair vectors are R_j - R_i + S @ cell with integer S, every pair vector, periodic
+images included, is strained consistently (the reference code strains r as (2I + ε) r and leaves
+image offsets unstrained).
+
+Member forces cost what the ensemble costs, not its square. A term with a ``member(params_k,
+graph) -> (B,)`` method (a full ensemble, see :class:`lotf.potential.model.MemberwiseEnergy`) is
+differentiated member by member with ``vmap`` over its stacked parameters: K members cost K
+single-model reverse passes. Any other term takes one reverse pass per output column (a shallow
+ensemble: its heads share the network), and a term without members (D3, ZBL) one pass whose
+forces every member shares.
+
+Uncertainties are ensemble standard deviations with 1/M (seed-2 eq. 6, seed-1 eq. 8): the same
+convention as the NLL loss that calibrates them.
 """
 
 from __future__ import annotations
@@ -42,16 +52,66 @@ def summed_energy_fn(terms: Sequence[EnergyFn]) -> Callable:
     return energy
 
 
+def member_derivatives(terms: Sequence[EnergyFn], params, positions, strain, graphs, *, virial: bool = True):
+    """Member energies and their derivatives for a sum of terms.
+
+    Returns ``(E (B, M), dE/dpositions (M, N, 3), dE/dstrain (M, B, 3, 3))``; with ``virial``
+    False the strain is not differentiated and its derivative is zero.
+    """
+    e_sum, d_pos, d_strain = 0.0, 0.0, 0.0
+    for term, p, g in zip(terms, params, graphs):
+        member = getattr(term, "member", None)
+        if member is not None:
+            e, dr, ds = _memberwise(member, p, positions, strain, g, virial)
+        else:
+            e, dr, ds = _per_column(term, p, positions, strain, g, virial)
+        e_sum, d_pos, d_strain = e_sum + e, d_pos + dr, d_strain + ds  # (B, 1) terms broadcast
+    return e_sum, d_pos, d_strain
+
+
+def _memberwise(member, params, positions, strain, graph, virial):
+    def one(p_k):
+        def energy(r, s):
+            e = member(p_k, strained(graph._replace(positions=r), s))  # (B,)
+            return jnp.sum(e), e
+
+        if virial:
+            (_, e), (dr, ds) = jax.value_and_grad(energy, argnums=(0, 1), has_aux=True)(positions, strain)
+        else:
+            (_, e), dr = jax.value_and_grad(energy, has_aux=True)(positions, strain)
+            ds = jnp.zeros_like(strain)
+        return e, dr, ds
+
+    e, dr, ds = jax.vmap(one)(params)  # (K, B), (K, N, 3), (K, B, 3, 3)
+    return e.T, dr, ds
+
+
+def _per_column(term, params, positions, strain, graph, virial):
+    def energy(r, s):
+        e = term(params, strained(graph._replace(positions=r), s))
+        return e if e.ndim == 2 else e[:, None]
+
+    if virial:
+        e, vjp = jax.vjp(energy, positions, strain)
+    else:
+        e, vjp_r = jax.vjp(lambda r: energy(r, strain), positions)
+        vjp = lambda ct: (vjp_r(ct)[0], jnp.zeros_like(strain))
+    # one reverse pass per column, unrolled: vmapping the VJP (jacrev) was ~2x slower on CPU
+    grads = [vjp(jnp.zeros_like(e).at[:, k].set(1.0)) for k in range(e.shape[1])]
+    return e, jnp.stack([g[0] for g in grads]), jnp.stack([g[1] for g in grads])
+
+
 def volumes(cells: jax.Array) -> jax.Array:
     return jnp.abs(jnp.linalg.det(cells))
 
 
-def make_predict(terms: Sequence[EnergyFn], *, members: bool, ddof: int = 0) -> Callable:
+def make_predict(terms: Sequence[EnergyFn], *, members: bool) -> Callable:
     """Build ``predict(params, graphs) -> dict`` (not jitted; jit the result).
 
-    ``members`` False: one reverse pass of the member-mean energy (what MD needs every step).
-    ``members`` True: a reverse pass per member (vmapped), giving member forces and the
-    ensemble spread. Stress is from the mean energy; it is NaN for a zero-volume (non-periodic) cell.
+    ``members`` False: one reverse pass of the member-mean energy (what MD needs every step);
+    ``energy_ensemble`` is still there (it costs no reverse pass). ``members`` True: member forces
+    too (see the module docstring for their cost) and the ensemble spread. Stress is from the
+    mean energy; it is NaN for a zero-volume (non-periodic) cell.
     """
     energy = summed_energy_fn(terms)
 
@@ -61,31 +121,23 @@ def make_predict(terms: Sequence[EnergyFn], *, members: bool, ddof: int = 0) -> 
         strain = jnp.zeros_like(g0.cells)
         vol = volumes(g0.cells)
         if members:
-            e_members, vjp = jax.vjp(lambda r, s: energy(params, r, s, graphs), positions, strain)  # (B, M)
-            m = e_members.shape[1]
-            # one reverse pass per member, unrolled: vmapping the VJP (jacrev) was ~2x slower on CPU
-            grads = [vjp(jnp.zeros_like(e_members).at[:, k].set(1.0)) for k in range(m)]
-            d_pos = jnp.stack([g[0] for g in grads])  # (M, N, 3)
-            d_strain = jnp.stack([g[1] for g in grads])  # (M, B, 3, 3)
-            f_members = -d_pos
+            e_members, d_pos, d_strain = member_derivatives(terms, params, positions, strain, graphs)
+            f_members = -d_pos  # (M, N, 3)
             e_mean = jnp.mean(e_members, axis=1)
             forces = jnp.mean(f_members, axis=0)
             virial = jnp.mean(d_strain, axis=0)
             out = {"energy": e_mean, "forces": forces, "energy_ensemble": e_members,
-                   "forces_ensemble": jnp.moveaxis(f_members, 0, -1)}
-            if m > 1:
-                out["energy_uncertainty"] = jnp.std(e_members, axis=1, ddof=ddof)
-                out["forces_uncertainty"] = jnp.std(f_members, axis=0, ddof=ddof)
-            else:
-                out["energy_uncertainty"] = jnp.zeros_like(e_mean)
-                out["forces_uncertainty"] = jnp.zeros_like(forces)
+                   "forces_ensemble": jnp.moveaxis(f_members, 0, -1),
+                   "energy_uncertainty": jnp.std(e_members, axis=1),
+                   "forces_uncertainty": jnp.std(f_members, axis=0)}
         else:
             def mean_total(r, s):
                 e = energy(params, r, s, graphs)
-                return jnp.sum(jnp.mean(e, axis=1)), jnp.mean(e, axis=1)
+                return jnp.sum(jnp.mean(e, axis=1)), e
 
-            (_, e_mean), (d_pos, virial) = jax.value_and_grad(mean_total, argnums=(0, 1), has_aux=True)(positions, strain)
-            out = {"energy": e_mean, "forces": -d_pos}
+            (_, e_members), (d_pos, virial) = jax.value_and_grad(mean_total, argnums=(0, 1), has_aux=True)(
+                positions, strain)
+            out = {"energy": jnp.mean(e_members, axis=1), "forces": -d_pos, "energy_ensemble": e_members}
         out["virial"] = virial
         out["stress"] = virial / vol[:, None, None]
         return out

@@ -49,7 +49,20 @@ class TrainConfig:
     energy_loss: LossTerm = field(default_factory=lambda: LossTerm("mse", 1.0))
     forces_loss: LossTerm = field(default_factory=lambda: LossTerm("mse", 4.0))
     stress_loss: LossTerm = field(default_factory=lambda: LossTerm("mse", 0.2))
+    # "eq7": seed-1 eq. 7 as written, (ΔE)² + λF Σ_i |ΔF_i|²/(3N) + λS |V Δσ|²;
+    # "per_atom": energy and virial errors divided by N ((ΔE)²/N, |V Δσ|²/(9N)), as apax does
+    loss_normalisation: str = "eq7"
     shift_regularisation: float = 1.0
+    # warm start: learning rates scaled by warm_start_lr_factor, reached by a linear warm-up over
+    # warmup_epochs (Adam's moments start at zero, so its first steps are full-size; a converged
+    # model is only kept by small, ramped steps; see README "Training")
+    warm_start_lr_factor: float = 0.1
+    warmup_epochs: int = 1
+    # warm start: refit the per-element shift when the labels' energy zero moved ("auto": when the
+    # ridge fit of the model's residuals moves energies by more than refit_shift_threshold meV/atom,
+    # as when DFT+D3 labels become DFT labels), "always" or "never"
+    refit_shift: str = "auto"
+    refit_shift_threshold: float = 5.0
     patience: int = 0  # stop after this many epochs without improvement; 0 disables
     progress: bool = True
 
@@ -67,6 +80,10 @@ class TrainConfig:
             ("optimizer", self.optimizer in ("adam", "adamw")),
             ("schedule", self.schedule in ("linear", "cyclic_cosine", "constant")),
             ("period", self.period >= 1), ("gradient_clip", self.gradient_clip >= 0),
+            ("loss_normalisation", self.loss_normalisation in ("eq7", "per_atom")),
+            ("warm_start_lr_factor", self.warm_start_lr_factor > 0), ("warmup_epochs", self.warmup_epochs >= 0),
+            ("refit_shift", self.refit_shift in ("auto", "always", "never")),
+            ("refit_shift_threshold", self.refit_shift_threshold >= 0),
         ]
         for key, ok in checks:
             if not ok:
@@ -79,6 +96,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def uses_nll(self) -> bool:
+        return any(t.kind == "nll" for t in (self.energy_loss, self.forces_loss, self.stress_loss))
+
+
+def check_compatible(model: dict[str, Any] | ModelConfig, training: TrainConfig, where: str = "config") -> None:
+    """Model and training settings that only fail together, e.g. NLL without an ensemble spread."""
+    n_members = model.n_members if isinstance(model, ModelConfig) else int(model.get("n_members", 1))
+    if training.uses_nll() and n_members < 2:
+        raise ConfigError(f"{where}: the NLL loss needs an ensemble spread, but the model has n_members={n_members} "
+                          f"(use n_members >= 2 or an mse loss)")
 
 
 def load_preset(path_or_name: str | Path, overrides: dict | None = None) -> tuple[dict, TrainConfig]:
@@ -104,4 +132,6 @@ def load_preset(path_or_name: str | Path, overrides: dict | None = None) -> tupl
     model.update((overrides or {}).get("model") or {})
     training.update((overrides or {}).get("training") or {})
     ModelConfig.from_dict(model)  # validate keys now, before any compute
-    return model, TrainConfig.from_dict(training)
+    training = TrainConfig.from_dict(training)
+    check_compatible(model, training, str(path))
+    return model, training

@@ -1,4 +1,4 @@
-"""Losses (seed-1 eq. 7 with per-atom normalisation; seed-2 NLL for ensembles) and metrics."""
+"""Losses (seed-1 eq. 7; seed-2 NLL for ensembles) and metrics."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ def _pointwise(kind: str, pred: jax.Array, ref: jax.Array, term: LossTerm, membe
 
     mse/huber: the mean over members of each member's loss (members train on the same data, as
     independent models would). nll: Gaussian negative log-likelihood of the member mean and
-    spread, (x - y)^2 / (2 s^2) + log(s^2) / 2.
+    spread, (x - y)^2 / (2 s^2) + log(s^2) / 2, with s^2 the 1/M variance (seed-2 eq. 6), the
+    same s that predictions report as their uncertainty.
     """
     if kind == "nll":
         mu = jnp.mean(pred, axis=member_axis)
-        var = jnp.var(pred, axis=member_axis, ddof=1) if pred.shape[member_axis] > 1 else jnp.zeros_like(mu)
-        var = jnp.maximum(var, SIGMA_FLOOR**2)
+        var = jnp.maximum(jnp.var(pred, axis=member_axis), SIGMA_FLOOR**2)
         return 0.5 * ((mu - ref) ** 2 / var + jnp.log(var))
     diff = pred - jnp.expand_dims(ref, member_axis)
     if kind == "huber":
@@ -35,23 +35,32 @@ def _pointwise(kind: str, pred: jax.Array, ref: jax.Array, term: LossTerm, membe
 def loss_terms(out: dict, graph, labels, config: TrainConfig) -> dict[str, jax.Array]:
     """Energy, force and stress losses averaged over the real structures of a batch.
 
-    Energies are compared per atom for NLL/huber and as (ΔE)²/N for MSE; forces per component,
-    averaged within each structure (the 1/(3N) of eq. 7); stress as the virial difference
-    (V Δσ)²/N per component where stress labels exist.
+    ``config.loss_normalisation`` "eq7" (default) is seed-1 eq. 7 as written: (ΔE)² per
+    structure, forces per component averaged within each structure (its 1/(3N)), and the squared
+    Frobenius norm of the virial difference |V Δσ|² where stress labels exist. "per_atom" divides
+    the energy and virial terms by N (and the virial by its 9 components). NLL and huber compare
+    energies per atom. Terms are averaged over the real structures of the batch.
+
+    Without ``forces_ensemble`` in ``out`` (a shallow ensemble trained with an mse force loss:
+    its heads share the network, so only the mean force is trained), the mean force is used.
     """
     smask = labels.structure_mask.astype(jnp.float64)
     n = jnp.maximum(labels.n_atoms, 1.0)
     n_real = jnp.maximum(jnp.sum(smask), 1.0)
+    per_atom = config.loss_normalisation == "per_atom"
 
     e_members = out["energy_ensemble"]  # (B, M)
     et = config.energy_loss
     if et.kind == "mse":
-        e_loss = _pointwise("mse", e_members, labels.energy, et, 1) / n
+        e_loss = _pointwise("mse", e_members, labels.energy, et, 1)
+        e_loss = e_loss / n if per_atom else e_loss
     else:
         e_loss = _pointwise(et.kind, e_members / n[:, None], labels.energy / n, et, 1)
     energy = jnp.sum(jnp.where(smask > 0, e_loss, 0.0)) / n_real
 
-    f_members = out["forces_ensemble"]  # (N, 3, M)
+    f_members = out.get("forces_ensemble")  # (N, 3, M)
+    if f_members is None:
+        f_members = out["forces"][..., None]
     ft = config.forces_loss
     f_loss = jnp.sum(_pointwise(ft.kind, f_members, labels.forces, ft, 2), axis=1)  # (N,)
     atom_weight = graph.atom_mask / (3.0 * n[graph.structure])
@@ -66,7 +75,8 @@ def loss_terms(out: dict, graph, labels, config: TrainConfig) -> dict[str, jax.A
         s_el = jnp.where(a < st.delta, 0.5 * vdiff**2, st.delta * (a - 0.5 * st.delta))
     else:  # NLL has no stress spread here (stress from the mean energy): use mse
         s_el = vdiff**2
-    per_structure = jnp.where(smask_s > 0, jnp.sum(s_el, axis=(1, 2)) / (9.0 * n), 0.0)
+    s_sum = jnp.sum(s_el, axis=(1, 2))
+    per_structure = jnp.where(smask_s > 0, s_sum / (9.0 * n) if per_atom else s_sum, 0.0)
     stress = jnp.sum(per_structure) / jnp.maximum(jnp.sum(smask_s), 1.0)
     return {"energy": energy, "forces": forces, "stress": stress,
             "total": et.weight * energy + ft.weight * forces + st.weight * stress}

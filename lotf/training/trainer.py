@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
+import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +23,12 @@ from lotf.potential.io import load_model, save_model
 from lotf.potential.model import ConfigError, Model, ModelConfig
 from lotf.potential.predict import make_predict
 from lotf.training import statistics
-from lotf.training.config import TrainConfig
+from lotf.training.config import TrainConfig, check_compatible
 from lotf.training.data import Dataset, species_of
 from lotf.training.loss import loss_terms, prediction_metrics
 
 GROUPS = ("embedding", "network", "scale", "shift")
+log = logging.getLogger(__name__)
 
 
 def param_group(path) -> str:
@@ -32,35 +37,69 @@ def param_group(path) -> str:
     return top if top in ("embedding", "scale", "shift") else "network"
 
 
-def make_schedule(lr: float, config: TrainConfig, steps_per_epoch: int):
+def make_schedule(lr: float, config: TrainConfig, steps_per_epoch: int, warm: bool = False):
+    """The learning-rate schedule of one parameter group; warm starts scale it and ramp it up."""
     total = config.epochs * steps_per_epoch
     if config.schedule == "constant":
-        return optax.constant_schedule(lr)
-    if config.schedule == "linear":
-        return optax.linear_schedule(lr, lr * config.end_fraction, max(total, 1))
-    period = config.period * steps_per_epoch
+        base = optax.constant_schedule(lr)
+    elif config.schedule == "linear":
+        base = optax.linear_schedule(lr, lr * config.end_fraction, max(total, 1))
+    else:
+        period = config.period * steps_per_epoch
 
-    def cyclic_cosine(step):
-        cycle = jnp.floor(step / period)
-        phase = (step - cycle * period) / period
-        return lr * 0.5 * (jnp.cos(jnp.pi * phase) + 1.0) * config.decay_factor**cycle
+        def base(step):
+            cycle = jnp.floor(step / period)
+            phase = (step - cycle * period) / period
+            return lr * 0.5 * (jnp.cos(jnp.pi * phase) + 1.0) * config.decay_factor**cycle
+    if not warm:
+        return base
+    ramp_steps = config.warmup_epochs * steps_per_epoch
 
-    return cyclic_cosine
+    def warm_schedule(step):
+        ramp = jnp.minimum((step + 1.0) / ramp_steps, 1.0) if ramp_steps else 1.0
+        return config.warm_start_lr_factor * ramp * base(step)
+
+    return warm_schedule
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, steps_per_epoch: int, warm: bool = False) -> optax.GradientTransformation:
     rates = {"embedding": config.lr_embedding, "network": config.lr_network, "scale": config.lr_scale,
              "shift": config.lr_shift}
     transforms = {}
     for group, lr in rates.items():
-        schedule = make_schedule(lr, config, steps_per_epoch)
+        schedule = make_schedule(lr, config, steps_per_epoch, warm)
         if config.optimizer == "adamw":
             transforms[group] = optax.adamw(schedule, weight_decay=config.weight_decay)
         else:
             transforms[group] = optax.adam(schedule)
     chain = [optax.clip_by_global_norm(config.gradient_clip)] if config.gradient_clip > 0 else []
     labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: param_group(p), params)
-    return optax.chain(*chain, optax.multi_transform(transforms, labels), optax.zero_nans())
+    return optax.chain(*chain, optax.multi_transform(transforms, labels))
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def prefetched(batches, depth: int = 2):
+    """Iterate ``batches`` with the next ones built and sent to the device by a worker thread,
+    so collating on the host overlaps with the jitted step."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for item in batches:
+                out.put(jax.device_put(item))
+        except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
+            out.put(error)
+        out.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (item := out.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def initial_statistics(model: Model, params, dataset: Dataset, regularisation: float):
@@ -96,8 +135,11 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
           config: TrainConfig, out_dir: str | Path, *, init_from: str | Path | None = None) -> TrainResult:
     """Train a GMNN (ensemble) and write the model directory ``out_dir``.
 
-    The parameters with the lowest validation loss are kept. ``init_from`` warm-starts from an
-    earlier model directory (same architecture and elements), keeping its scale and shift.
+    The parameters with the lowest validation loss are kept; the starting parameters (epoch 0)
+    are a candidate too. ``init_from`` warm-starts from an earlier model directory (same
+    architecture and elements): its scale is kept, its shift too unless the labels' energy zero
+    moved (:func:`refit_shift`), and the learning rates are scaled and ramped up
+    (``warm_start_lr_factor``, ``warmup_epochs``).
     """
     out_dir = Path(out_dir)
     if isinstance(model_config, ModelConfig):
@@ -116,6 +158,7 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
         species = previous.config.species
     model_config["species"] = species
     mconf = ModelConfig.from_dict(model_config)
+    check_compatible(mconf, config, "training")
     if init_from is not None:
         _check_warm_start(mconf, previous.config)
     model = Model(mconf)
@@ -136,9 +179,11 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
     else:
         params = init_params
 
-    optimizer = make_optimizer(config, steps_per_epoch)
-    opt_state = optimizer.init(params)
-    predict = make_predict([model.structure_energies], members=True, ddof=mconf.uncertainty_ddof)
+    # member forces only where the loss uses them: NLL needs the spread, a full ensemble trains
+    # each member on its own forces; a shallow ensemble with mse trains the mean force
+    full = mconf.ensemble == "full"
+    predict = make_predict([model.energy_term], members=config.forces_loss.kind == "nll" or full)
+    optimizer = make_optimizer(config, steps_per_epoch, warm=init_params is not None)
 
     def batch_loss(p, graph, labels):
         out = predict([p], [graph])
@@ -148,77 +193,138 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
     @jax.jit
     def train_step(p, state, graph, labels):
         (loss, terms), grads = jax.value_and_grad(batch_loss, has_aux=True)(p, graph, labels)
-        updates, state = optimizer.update(grads, state, p)
-        return optax.apply_updates(p, updates), state, terms
+        updates, new_state = optimizer.update(grads, state, p)
+        # a step with a non-finite gradient is skipped whole (parameters and Adam moments kept):
+        # zeroing only the NaN entries would still apply the rest of a corrupted gradient
+        ok = _all_finite(grads)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+        n = jnp.where(ok, jnp.sum(labels.structure_mask), 0)
+        return (keep(optax.apply_updates(p, updates), p), keep(new_state, state),
+                jnp.where(ok, terms["total"] * n, 0.0), n, ~ok)
 
     @jax.jit
     def eval_step(p, graph, labels):
         out = predict([p], [graph])
         return loss_terms(out, graph, labels, config), out
 
-    def evaluate(p, dataset: Dataset, bsz: int, padding) -> tuple[float, dict[str, float]]:
+    def predictions(p, dataset: Dataset, bsz: int, padding) -> tuple[float, dict[str, np.ndarray]]:
+        """Loss and unpadded predictions/labels over a data set (member means)."""
         losses, weights = [], []
-        pe, re, na, pf, rf, ps, rs = [], [], [], [], [], [], []
+        cols = {k: [] for k in ("pe", "re", "na", "pf", "rf", "ps", "rs")}
         for graph, labels in dataset.batches(bsz, padding):
             terms, out = eval_step(p, graph, labels)
             m = labels.structure_mask
             losses.append(float(terms["total"]) * m.sum())
             weights.append(m.sum())
-            pe.append(np.asarray(out["energy"])[m])
-            re.append(labels.energy[m])
-            na.append(labels.n_atoms[m])
             am = np.asarray(graph.atom_mask)
-            pf.append(np.asarray(out["forces"])[am])
-            rf.append(labels.forces[am])
             sm = m & labels.has_stress
-            ps.append(np.asarray(out["stress"])[sm])
-            rs.append(labels.stress[sm])
-        metrics = prediction_metrics(np.concatenate(pe), np.concatenate(re), np.concatenate(na),
-                                     np.concatenate(pf), np.concatenate(rf), np.concatenate(ps), np.concatenate(rs))
-        return float(np.sum(losses) / np.sum(weights)), metrics
+            for key, value in (("pe", np.asarray(out["energy"])[m]), ("re", labels.energy[m]),
+                               ("na", labels.n_atoms[m]), ("pf", np.asarray(out["forces"])[am]),
+                               ("rf", labels.forces[am]), ("ps", np.asarray(out["stress"])[sm]),
+                               ("rs", labels.stress[sm])):
+                cols[key].append(value)
+        return float(np.sum(losses) / np.sum(weights)), {k: np.concatenate(v) for k, v in cols.items()}
 
+    def evaluate(p, dataset: Dataset, bsz: int, padding) -> tuple[float, dict[str, float]]:
+        loss, c = predictions(p, dataset, bsz, padding)
+        return loss, prediction_metrics(c["pe"], c["re"], c["na"], c["pf"], c["rf"], c["ps"], c["rs"])
+
+    pad_eval_train = train_set.padding(vbs)
+    shift_offset, shift_refitted = 0.0, False
+    if init_params is not None and config.refit_shift != "never":
+        previous_rmse = _previous_metric(init_from, "train_energy_rmse")
+        params, shift_offset, shift_refitted = refit_shift(params, predictions(params, train_set, vbs, pad_eval_train)[1],
+                                                           train_set, config, previous_rmse)
+        log.info("warm start: labels' energy zero moved by %.2f meV/atom; shift %s", shift_offset,
+                 "refitted" if shift_refitted else "kept")
+
+    opt_state = optimizer.init(params)
     rng = np.random.default_rng(config.seed)
     history: list[dict[str, float]] = []
-    best = (np.inf, params, 0, {})
     out_dir.mkdir(parents=True, exist_ok=True)
     curve_path = out_dir / "learning_curve.csv"
-    fields = ["epoch", "train_loss", "val_loss", "val_energy_mae", "val_forces_mae", "seconds"]
+    fields = ["epoch", "train_loss", "val_loss", "val_energy_mae", "val_forces_mae", "skipped_steps", "seconds"]
+    skipped_total = 0
     with curve_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
+
+        def record(epoch, train_loss, val_loss, metrics, skipped, seconds):
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "val_energy_mae": metrics["energy_mae"], "val_forces_mae": metrics["forces_mae"],
+                   "skipped_steps": skipped, "seconds": seconds}
+            writer.writerow(row)
+            fh.flush()
+            history.append(row)
+
+        # epoch 0: the starting parameters are a candidate, so a warm start never ends worse
+        start = time.perf_counter()
+        val_loss, metrics = evaluate(params, val_set, vbs, pad_val)
+        record(0, evaluate(params, train_set, vbs, pad_eval_train)[0], val_loss, metrics, 0,
+               time.perf_counter() - start)
+        best = (val_loss, jax.device_get(params), 0, metrics)
         bar = tqdm(range(1, config.epochs + 1), desc="training", disable=not config.progress)
         stale = 0
         for epoch in bar:
             start = time.perf_counter()
-            total, count = 0.0, 0
-            for graph, labels in train_set.batches(bs, pad_train, rng):
-                params, opt_state, terms = train_step(params, opt_state, graph, labels)
-                total += float(terms["total"]) * labels.structure_mask.sum()
-                count += labels.structure_mask.sum()
+            total, count, skipped = 0.0, 0, 0
+            # losses stay on the device until the epoch ends: no host sync per step
+            for graph, labels in prefetched(train_set.batches(bs, pad_train, rng)):
+                params, opt_state, loss_sum, n, bad = train_step(params, opt_state, graph, labels)
+                total, count, skipped = total + loss_sum, count + n, skipped + bad
+            total, count, skipped = float(total), float(count), int(skipped)
+            if skipped:
+                log.warning("epoch %d: %d training steps skipped (non-finite gradient)", epoch, skipped)
+                skipped_total += skipped
+            if not count:
+                raise FloatingPointError(f"training diverged at epoch {epoch}: every step had a non-finite gradient")
             if not np.isfinite(total):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss is not finite)")
             val_loss, metrics = evaluate(params, val_set, vbs, pad_val)
-            row = {"epoch": epoch, "train_loss": total / count, "val_loss": val_loss,
-                   "val_energy_mae": metrics["energy_mae"], "val_forces_mae": metrics["forces_mae"],
-                   "seconds": time.perf_counter() - start}
-            writer.writerow(row)
-            fh.flush()
-            history.append(row)
+            record(epoch, total / count, val_loss, metrics, skipped, time.perf_counter() - start)
             if val_loss < best[0]:
                 best = (val_loss, jax.device_get(params), epoch, metrics)
                 stale = 0
             else:
                 stale += 1
-            bar.set_postfix(loss=f"{row['train_loss']:.3g}", val=f"{val_loss:.3g}",
+            bar.set_postfix(loss=f"{total / count:.3g}", val=f"{val_loss:.3g}",
                             E=f"{metrics['energy_mae']:.2f}meV", F=f"{metrics['forces_mae']:.0f}meV/A")
             if config.patience and stale >= config.patience:
                 break
 
     _, best_params, best_epoch, _ = best
-    _, train_metrics = evaluate(best_params, train_set, vbs, train_set.padding(vbs))
+    _, train_metrics = evaluate(best_params, train_set, vbs, pad_eval_train)
     val_loss, val_metrics = evaluate(best_params, val_set, vbs, pad_val)
     metrics = {f"val_{k}": v for k, v in val_metrics.items()}
     metrics.update({f"train_{k}": v for k, v in train_metrics.items()})
-    metrics.update(best_epoch=best_epoch, val_loss=val_loss, n_train=len(train_set), n_val=len(val_set))
+    metrics.update(best_epoch=best_epoch, val_loss=val_loss, n_train=len(train_set), n_val=len(val_set),
+                   skipped_steps=skipped_total, warm_start=init_params is not None,
+                   shift_offset_mev_per_atom=shift_offset, shift_refitted=shift_refitted)
     save_model(out_dir, mconf, best_params, training=config.to_dict(), metrics=metrics)
     return TrainResult(out_dir, metrics, history, best_epoch)
+
+
+def _previous_metric(model_dir, key: str) -> float:
+    path = Path(model_dir) / "metrics.json"
+    return float(json.loads(path.read_text()).get(key, 0.0)) if path.is_file() else 0.0
+
+
+def refit_shift(params, predicted: dict[str, np.ndarray], dataset: Dataset, config: TrainConfig,
+                previous_rmse: float = 0.0):
+    """Move the per-element shift by the ridge fit of the residuals E_ref − E_model on element
+    counts, when the labels' energy zero moved.
+
+    "auto" refits when that fit moves energies (RMS over structures) by more than
+    ``config.refit_shift_threshold`` meV/atom *and* by more than 3x the energy RMSE the model
+    reached on its own training data (``previous_rmse``): a model's own bias is not a new zero.
+    Returns (params, the RMS move in meV/atom, whether the shift was refitted).
+    """
+    n_species = params["shift"].shape[-2]
+    counts = statistics.element_counts([s.species for s in dataset.items], n_species)
+    delta = statistics.regression_shift(predicted["re"] - predicted["pe"], counts, config.shift_regularisation)
+    offset = 1e3 * float(np.sqrt(np.mean(((counts @ delta) / predicted["na"]) ** 2)))
+    if config.refit_shift == "auto" and offset <= max(config.refit_shift_threshold, 3.0 * previous_rmse):
+        return params, offset, False
+    params = dict(params)
+    params["shift"] = params["shift"] + jnp.asarray(delta)[:, None]  # broadcasts over (K, S, 1) too
+    return params, offset, True

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import ase.io
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -38,7 +39,8 @@ def frames():
 @pytest.fixture(scope="module")
 def trained(frames, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
-    config = TrainConfig(epochs=60, batch_size=2, progress=False, lr_network=0.01, schedule="constant")
+    config = TrainConfig(epochs=60, batch_size=2, progress=False, lr_network=0.01, schedule="constant",
+                         loss_normalisation="per_atom")
     return train(frames[:10], frames[10:], TINY, config, out)
 
 
@@ -51,11 +53,11 @@ def test_regression_shift_recovers_per_element_energies():
 
 
 def test_nll_and_mse_pointwise_against_hand_values():
-    pred = jnp.array([[1.0, 3.0]])  # two members: mean 2, sample variance 2
+    pred = jnp.array([[1.0, 4.0]])  # two members: mean 2.5, 1/M variance 2.25 (seed-2 eq. 6)
     nll = _pointwise("nll", pred, jnp.array([1.0]), LossTerm("nll"), 1)
-    assert float(nll[0]) == pytest.approx(0.5 * (1.0 / 2.0 + np.log(2.0)))
+    assert float(nll[0]) == pytest.approx(0.5 * (1.5**2 / 2.25 + np.log(2.25)))
     mse = _pointwise("mse", pred, jnp.array([1.0]), LossTerm("mse"), 1)
-    assert float(mse[0]) == pytest.approx((0.0 + 4.0) / 2)
+    assert float(mse[0]) == pytest.approx((0.0 + 9.0) / 2)
 
 
 def test_training_overfits_ten_structures(trained):
@@ -65,7 +67,7 @@ def test_training_overfits_ten_structures(trained):
     # mean |force component| of these rattled EMT cells is ~930 meV/Å
     assert trained.metrics["train_forces_mae"] < 150.0
     lines = (trained.model_dir / "learning_curve.csv").read_text().splitlines()
-    assert lines[0].startswith("epoch,train_loss,val_loss") and len(lines) == 61
+    assert lines[0].startswith("epoch,train_loss,val_loss") and len(lines) == 62  # header, epochs 0..60
     assert json.loads((trained.model_dir / "metrics.json").read_text())["best_epoch"] == trained.best_epoch
 
 
@@ -79,13 +81,95 @@ def test_calculator_from_model_dir_reproduces_validation_metric(trained, frames)
     assert calc.results["forces_ensemble"].shape == (32, 3, 2)
 
 
-def test_warm_start_continues_from_the_earlier_model(trained, frames, tmp_path):
-    config = TrainConfig(epochs=2, batch_size=2, progress=False, lr_network=1e-4, lr_embedding=1e-4)
+def test_warm_start_with_seed1_rates_keeps_the_model(trained, frames, tmp_path):
+    # the seed-1 learning rates (0.01/0.005/0.001/0.05) on the data the model converged on: with a
+    # fresh Adam state at full rate, epoch 1 used to lose the model (val loss x4, energy MAE 7 -> 125)
+    start = trained.metrics["val_loss"]
+    config = TrainConfig(epochs=3, batch_size=2, progress=False, loss_normalisation="per_atom")
     warm = train(frames[:10], frames[10:], TINY, config, tmp_path / "warm", init_from=trained.model_dir)
-    assert warm.history[0]["train_loss"] < 3 * trained.history[-1]["train_loss"]
-    assert warm.history[0]["train_loss"] < 0.2 * trained.history[0]["train_loss"]
+    assert warm.history[0]["epoch"] == 0 and warm.history[0]["val_loss"] == pytest.approx(start, rel=1e-6)
+    assert max(row["val_loss"] for row in warm.history) < 1.2 * start
+    assert warm.metrics["val_loss"] <= start * (1 + 1e-9)
+    assert not warm.metrics["shift_refitted"]
+    # without the warm-up and the reduced rates the first epoch destroys it ...
+    cold_rates = TrainConfig(epochs=1, batch_size=2, progress=False, loss_normalisation="per_atom",
+                             warm_start_lr_factor=1.0, warmup_epochs=0)
+    spoilt = train(frames[:10], frames[10:], TINY, cold_rates, tmp_path / "spoilt", init_from=trained.model_dir)
+    assert spoilt.history[1]["val_loss"] > 1.5 * start
+    # ... and then the starting parameters (epoch 0) are what is kept
+    assert spoilt.best_epoch == 0 and spoilt.metrics["val_loss"] == pytest.approx(start, rel=1e-6)
     with pytest.raises(ConfigError, match="'hidden' differs"):
         train(frames[:10], frames[10:], {**TINY, "hidden": [8]}, config, tmp_path / "bad", init_from=trained.model_dir)
+
+
+def test_warm_start_refits_the_shift_only_when_the_energy_zero_moves(trained, frames, tmp_path):
+    # labels without a constant -60 meV/atom term (as when D3 is taken out of DFT+D3 labels)
+    moved = [relabel(a, energy=a.get_potential_energy() - 0.06 * len(a), forces=a.get_forces()) for a in frames]
+    config = TrainConfig(epochs=1, batch_size=2, progress=False, loss_normalisation="per_atom",
+                         warm_start_lr_factor=1e-6)
+    warm = train(moved[:10], moved[10:], TINY, config, tmp_path / "moved", init_from=trained.model_dir)
+    assert warm.metrics["shift_refitted"] and warm.metrics["shift_offset_mev_per_atom"] == pytest.approx(60, abs=10)
+    # epoch 0 already sees the moved zero: energies as good as before, not 60 meV/atom off
+    assert warm.history[0]["val_energy_mae"] < trained.metrics["val_energy_mae"] + 5.0
+    never = train(moved[:10], moved[10:], TINY, TrainConfig(**{**config.to_dict(), "refit_shift": "never"}),
+                  tmp_path / "never", init_from=trained.model_dir)
+    assert never.history[0]["val_energy_mae"] > 50.0
+    same = train(frames[:10], frames[10:], TINY, config, tmp_path / "same", init_from=trained.model_dir)
+    assert not same.metrics["shift_refitted"]
+    _, before, _ = load_model(trained.model_dir)
+    _, after, _ = load_model(same.model_dir)
+    np.testing.assert_allclose(np.asarray(after["shift"]), np.asarray(before["shift"]), atol=1e-4)
+
+
+def test_loss_normalisation_eq7_as_written_and_per_atom():
+    from lotf.training.data import Labels
+    from lotf.training.loss import loss_terms
+
+    class G:  # the two fields loss_terms reads
+        atom_mask = jnp.ones(3)
+        structure = jnp.zeros(3, jnp.int32)
+
+    d_energy, d_force, volume = 0.3, 0.2, 10.0
+    d_stress = np.array([[1e-3, 2e-3, 0], [2e-3, 0, 0], [0, 0, -1e-3]])
+    labels = Labels(energy=np.array([1.0]), forces=np.zeros((3, 3)), stress=np.zeros((1, 3, 3)),
+                    has_stress=np.array([True]), n_atoms=np.array([3.0]), structure_mask=np.array([True]),
+                    volume=np.array([volume]))
+    out = {"energy_ensemble": jnp.array([[1.0 + d_energy]]), "forces": jnp.full((3, 3), d_force),
+           "virial": jnp.asarray(d_stress * volume)[None]}
+    eq7 = loss_terms(out, G, labels, TrainConfig())
+    assert float(eq7["energy"]) == pytest.approx(d_energy**2)  # (ΔE)², no per-atom division
+    assert float(eq7["forces"]) == pytest.approx(d_force**2)  # Σ_i |ΔF_i|² / (3N)
+    assert float(eq7["stress"]) == pytest.approx(np.sum((volume * d_stress) ** 2))  # |V Δσ|²
+    assert float(eq7["total"]) == pytest.approx(d_energy**2 + 4 * d_force**2 + 0.2 * np.sum((volume * d_stress) ** 2))
+    per_atom = loss_terms(out, G, labels, TrainConfig(loss_normalisation="per_atom"))
+    assert float(per_atom["energy"]) == pytest.approx(d_energy**2 / 3)
+    assert float(per_atom["stress"]) == pytest.approx(np.sum((volume * d_stress) ** 2) / 27)
+    with pytest.raises(ConfigError, match="loss_normalisation"):
+        TrainConfig(loss_normalisation="per_structure")
+
+
+def test_nll_needs_an_ensemble_at_config_time(frames, tmp_path):
+    nll = {"energy_loss": {"kind": "nll"}, "forces_loss": {"kind": "nll"}}
+    preset = tmp_path / "one.yaml"
+    preset.write_text(json.dumps({"model": {**TINY, "n_members": 1}, "training": nll}))
+    with pytest.raises(ConfigError, match="NLL loss needs an ensemble spread.*n_members=1"):
+        load_preset(preset)
+    with pytest.raises(ConfigError, match="n_members=1"):
+        train(frames[:2], frames[10:], {**TINY, "n_members": 1}, TrainConfig.from_dict(nll), tmp_path / "m")
+
+
+def test_nan_gradient_steps_are_skipped_and_counted(frames, tmp_path):
+    # two atoms on top of each other: the pair's unit vector is 0/0, its gradient NaN
+    broken = frames[0].copy()
+    broken.positions[1] = broken.positions[0]
+    broken.calc = SinglePointCalculator(broken, energy=frames[0].get_potential_energy(), forces=frames[0].get_forces())
+    config = TrainConfig(epochs=2, batch_size=1, progress=False)
+    result = train([broken] + frames[1:4], frames[10:], TINY, config, tmp_path / "nan")
+    assert result.metrics["skipped_steps"] == 2  # one step per epoch
+    assert [row["skipped_steps"] for row in result.history] == [0, 1, 1]
+    assert all(np.isfinite(row["val_loss"]) for row in result.history)
+    _, params, _ = load_model(result.model_dir)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(params))
 
 
 def test_fixed_seed_gives_identical_parameters(frames, tmp_path):
