@@ -15,6 +15,7 @@ removed when the run finishes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,21 @@ from lotf.dynamics.state import AMU_PER_A3_TO_G_PER_CM3
 from lotf.nodes.frames import read_h5md
 from lotf.nodes.scratch import finish, scratch_dir
 from lotf.nodes.sampling import _start_structure, forcefield_for
+
+PHASES = ("compress", "equilibrate", "production")
+
+
+def phase_seed(seed: int, phase: str) -> int:
+    """The PRNG seed of one phase: deterministic in (node seed, phase name), distinct per phase.
+
+    Every phase draws its own start momenta and thermostat noise, so the phases must not share a
+    seed (the equilibration would otherwise replay the noise sequence of the compression).
+    """
+    if phase not in PHASES:
+        raise ValueError(f"unknown ProductionMD phase {phase!r} (one of {', '.join(PHASES)})")
+    digest = hashlib.sha256(f"lotf.ProductionMD:{int(seed)}:{PHASES.index(phase)}:{phase}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
 
 def state_atoms(template: ase.Atoms, state) -> ase.Atoms:
     """The MD state (unwrapped positions, momenta, cell) as Atoms."""
@@ -67,6 +83,7 @@ class ProductionMD(zntrack.Node):
         density: g/cm³ reached by isotropic rescaling over ``compress_steps`` (None: no compression).
         equilibration_steps: NVT steps before production. steps: production steps.
         checks: stop criteria of the production run (a NaN check is always on).
+        seed: node seed; each phase runs with its own seed derived from it (:func:`phase_seed`).
     """
 
     data: list = zntrack.deps()
@@ -116,11 +133,11 @@ class ProductionMD(zntrack.Node):
         start = _start_structure(self.data, self.data_id, "ProductionMD")
         scratch = scratch_dir(self.name, self._settings(), start, self.model)
 
-        def phase(atoms, steps, ensemble, modifiers=(), **options):
+        def phase(name, atoms, steps, ensemble, modifiers=(), **options):
             integrator = make_integrator(self.thermostat, self.timestep, ensemble, self.thermostat_params,
                                          self.barostat if ensemble == "npt" else None)
             run = MDRun(atoms, forcefield_for(self.model, None, self.d3), integrator, steps=steps,
-                        temperature=self.temperature, seed=self.seed, modifiers=list(modifiers),
+                        temperature=self.temperature, seed=phase_seed(self.seed, name), modifiers=list(modifiers),
                         use_momenta=atoms.has("momenta"), **options)
             return run, run.run()
 
@@ -143,17 +160,18 @@ class ProductionMD(zntrack.Node):
                 # the ramp reaches the target at the last step and is held there
                 ramp = DensityRamp(rho_start=rho0, rho_end=float(self.density),
                                    t_end=max(self.compress_steps - 1, 1) * self.timestep)
-                run, _ = phase(atoms, self.compress_steps, "nvt", [ramp], **preparation("compress", self.compress_steps))
+                run, _ = phase("compress", atoms, self.compress_steps, "nvt", [ramp],
+                               **preparation("compress", self.compress_steps))
                 atoms = state_atoms(atoms, run.carry.state)
             if self.equilibration_steps > 0:
-                run, _ = phase(atoms, self.equilibration_steps, "nvt",
+                run, _ = phase("equilibrate", atoms, self.equilibration_steps, "nvt",
                                **preparation("equilibrate", self.equilibration_steps))
                 atoms = state_atoms(atoms, run.carry.state)
             _save_atoms(prepared, atoms)
         rho_start = float(mass_density(atoms.get_masses(), atoms.cell.array)) if atoms.pbc.all() else None
 
         trajectory = scratch / "frames.h5"
-        _, summary = phase(atoms, self.steps, self.ensemble, sampling_rate=self.sampling_rate,
+        _, summary = phase("production", atoms, self.steps, self.ensemble, sampling_rate=self.sampling_rate,
                            checks=[checks_mod.from_dict(c) for c in self.checks], trajectory=trajectory,
                            checkpoint=scratch / "checkpoint.npz")
         finish(scratch, trajectory, self.frames_path)

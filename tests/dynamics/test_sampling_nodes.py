@@ -47,6 +47,26 @@ def test_md_sampling_node_udd_and_erbs(workdir, model_dir):
     assert max(a.calc.results["energy_bias"] for a in erbs.frames) > 0
 
 
+def test_md_sampling_refuses_uncertainty_checks_of_a_one_member_model(workdir):
+    import jax
+    import jax.numpy as jnp
+
+    from lotf.potential.graph import collate, structure_arrays
+    from lotf.potential.io import save_model
+    from lotf.potential.model import Model, ModelConfig
+
+    config = ModelConfig(species=(13, 29), hidden=(8,), n_radial=2, n_basis=3, r_max=4.5, n_members=1,
+                         contractions=(0, 1, 2, 3))
+    graph = jax.tree_util.tree_map(jnp.asarray, collate([structure_arrays(emt_frames(1)[0], config.species,
+                                                                          config.r_max)]))
+    one = save_model(workdir / "one", config, dict(Model(config).init(jax.random.PRNGKey(0), graph)))
+    node = MDSampling(data=emt_frames(1), model=types.SimpleNamespace(model_dir=one), steps=20, sampling_rate=10,
+                      timestep=1.0)  # the default checks hold the forces-uncertainty stop
+    with pytest.raises(ValueError, match="check 'forces_uncertainty' needs ensemble uncertainties, but the JAX "
+                                         "potential has 1 member"):
+        node.run()
+
+
 def test_geometry_optimisation_node(workdir, model_dir):
     node = GeometryOptimisation(data=emt_frames(1), model=types.SimpleNamespace(model_dir=model_dir), fmax=1e-2,
                                 max_steps=1000)

@@ -103,3 +103,28 @@ def test_bad_settings_fail_early(workdir, model):
         production(model, ensemble="nve").run()
     with pytest.raises(ValueError, match="density"):
         production(model, density=-1.0).run()
+
+
+def test_every_phase_runs_with_its_own_seed(workdir, model, monkeypatch):
+    from lotf.dynamics import md
+    from lotf.nodes.production import phase_seed
+
+    seeds = []
+    original = md.MDRun.run
+
+    def record(self):
+        seeds.append((self.trajectory.stem.split(".")[0], self.seed))
+        return original(self)
+
+    monkeypatch.setattr(md.MDRun, "run", record)
+    target = 1.03 * density(emt_frames(1)[0])
+    production(model, density=target, compress_steps=10, equilibration_steps=10, steps=10).run()
+    assert [name for name, _ in seeds] == ["compress", "equilibrate", "frames"]
+    used = [seed for _, seed in seeds]
+    assert len(set(used)) == 3  # no two phases share their momenta and thermostat noise
+    assert used == [phase_seed(3, p) for p in ("compress", "equilibrate", "production")]
+    # derived deterministically from the node seed: the same for seed 3 again, others for seed 4
+    assert [phase_seed(3, p) for p in ("compress", "equilibrate", "production")] == used
+    assert not set(used) & {phase_seed(4, p) for p in ("compress", "equilibrate", "production")}
+    with pytest.raises(ValueError, match="unknown ProductionMD phase"):
+        phase_seed(3, "cooling")
