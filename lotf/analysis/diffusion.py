@@ -665,13 +665,20 @@ class ArrheniusFit:
 def arrhenius_fit(
     temperatures: Sequence[float], D: Sequence[float], D_err: Sequence[float] | None = None
 ) -> ArrheniusFit:
-    """Weighted linear fit of ln D against 1/(R T) (weights (D/D_err)^2 when given)."""
+    """Weighted linear fit of ln D against 1/(R T) (weights (D/D_err)^2 when given).
+
+    Needs at least two distinct temperatures (a line through one temperature is undetermined).
+    """
     T = np.asarray(temperatures, float)
     y = np.asarray(D, float)
     if T.shape != y.shape or T.ndim != 1 or len(T) < 2:
         raise ValueError("temperatures and D must be 1-d with at least two entries of equal length")
     if np.any(T <= 0) or np.any(y <= 0):
         raise ValueError("temperatures and D must be positive")
+    distinct = np.unique(T)
+    if len(distinct) < 2:
+        listed = ", ".join(f"{t:g}" for t in T)
+        raise ValueError(f"Arrhenius fit needs at least two distinct temperatures, got {listed} K")
     X = np.stack([np.ones_like(T), -1.0 / (R_KJ * T)], axis=1)
     ln = np.log(y)
     beta, cov = _linear_fit(X, ln, None if D_err is None else np.asarray(D_err, float) / y)

@@ -185,6 +185,16 @@ def test_arrhenius_fit_recovers_activation_energy():
     np.testing.assert_allclose(fit(T), D)
 
 
+def test_arrhenius_fit_needs_two_distinct_temperatures():
+    with pytest.raises(ValueError, match=r"at least two distinct temperatures, got 353, 353, 353 K"):
+        dl.arrhenius_fit([353.0, 353.0, 353.0], [80.0, 84.0, 82.0], D_err=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"at least two distinct temperatures, got 300, 300 K"):
+        dl.arrhenius_fit([300.0, 300.0], [1.0, 2.0])
+    # repeated temperatures are fine as long as there are two of them
+    fit = dl.arrhenius_fit([300.0, 300.0, 350.0], [1.0, 1.0, 4.0])
+    assert fit(350.0) / fit(300.0) == pytest.approx(4.0)
+
+
 def test_experimental_tables_load():
     df = dl.load_experimental_diffusion("bmim_bf4_self_diffusion")
     assert {"T_K", "species", "D_A2_per_ns"} <= set(df.columns)

@@ -141,9 +141,37 @@ def test_box_size_and_arrhenius_nodes(workdir):
     assert 20.0 < arr.metrics["B"]["Ea_kJ_mol"] < 60.0
     assert arr.figure.stat().st_size > 1000
     # extrapolated values plot the same way: the Arrhenius node reads the D_inf of each T
-    arr_inf = nodes.ArrheniusPlot(diffusions=[ext, ext], groups=["B"], name="inf")
+    cold = nodes.BoxSizeExtrapolation(
+        diffusions=[
+            fake("d", 16.0, 313.0, 30.0),
+            fake("e", 20.0, 313.0, 32.0),
+            fake("f", 25.0, 313.0, 33.5),
+        ],
+        groups=["B"],
+        name="cold",
+    )
+    cold.run()
+    _, intercept_cold = np.polyfit(inv_L, [30.0, 32.0, 33.5], 1)
+    arr_inf = nodes.ArrheniusPlot(diffusions=[cold, ext], groups=["B"], name="inf")
     arr_inf.run()
-    np.testing.assert_allclose(pd.read_csv(arr_inf.data_file)["D_A2_per_ns"], [intercept, intercept], rtol=1e-9)
+    table = pd.read_csv(arr_inf.data_file)
+    np.testing.assert_allclose(table["T_K"], [313.0, 353.0])
+    np.testing.assert_allclose(table["D_A2_per_ns"], [intercept_cold, intercept], rtol=1e-9)
+    # two points: the line goes through both, Ea = R ln(D2/D1) / (1/T1 - 1/T2)
+    ea = 8.314462618e-3 * np.log(intercept / intercept_cold) / (1 / 313.0 - 1 / 353.0)
+    assert arr_inf.metrics["B"]["Ea_kJ_mol"] == pytest.approx(ea, rel=1e-6)
+
+
+def test_arrhenius_node_refuses_a_single_temperature(workdir):
+    def fake(name, T, D):
+        return types.SimpleNamespace(
+            name=name, metrics={"temperature_K": T, "B": {"D_A2_per_ns": D, "D_sem_A2_per_ns": 1.0}}
+        )
+
+    # the same temperature twice (e.g. one extrapolation connected twice) gives no line to fit
+    arr = nodes.ArrheniusPlot(diffusions=[fake("a", 353.0, 80.0), fake("b", 353.0, 84.0)], groups=["B"])
+    with pytest.raises(ValueError, match=r"at least two distinct temperatures, got 353, 353 K"):
+        arr.run()
 
 
 def test_dihedrals_node(workdir):
