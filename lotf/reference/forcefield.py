@@ -351,7 +351,7 @@ def molecule_sequence(atoms: Atoms, ff: ForceField, species=None, where: str = "
                                       f"(atom {k} of a {mol}): species or atom order differs")
         if len(symbols) != len(expected):
             raise ForceFieldError(f"{where}: {len(symbols)} atoms but the topology "
-                                  f"({', '.join(f'{n} {c}' for c, n in spec)}) has {len(expected)}")
+                                  f"({', '.join(f'{n} {c}' for n, c in spec)}) has {len(expected)}")
         return tuple(sequence)
     sequence, i = [], 0
     while i < len(symbols):
