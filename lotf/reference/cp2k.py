@@ -2,9 +2,12 @@
 
 Settings are YAML files holding a cp2k-input-tools *simplified* input tree (the format of IPSuite's
 ``cp2k.yaml``), without cell or coordinates. Per structure we add the cell, the coordinates, the
-project name, ``RUN_TYPE ENERGY_FORCE``, force and stress printing, the wavefunction restart and,
-for molecules in vacuum, a non-periodic Poisson solver. Results are returned in eV, eV/Å and
-eV/Å³ (ASE sign convention, Voigt order).
+project name, ``RUN_TYPE ENERGY_FORCE``, force and stress printing and the wavefunction restart.
+The electrostatics follow each structure's ``pbc``, whatever the settings file was written for:
+a molecule in vacuum gets ``PERIODIC NONE`` (cell and Poisson solver) in a cell padded with vacuum,
+a periodic Poisson solver is replaced by WAVELET and xTB's Ewald sum is switched off; a periodic
+structure gets ``PERIODIC XYZ`` (a solver for isolated systems only is refused before CP2K runs).
+Results are returned in eV, eV/Å and eV/Å³ (ASE sign convention, Voigt order).
 
 Units at the boundary: CP2K prints the energy in Hartree, forces in Hartree/Bohr and the
 analytical stress tensor in GPa with the pressure sign (positive = the system pushes outwards),
@@ -70,6 +73,10 @@ _FILE_KEYWORDS = [
     (("dft", "xc", "vdw_potential", "pair_potential"), "parameter_file_name"),
     (("dft", "xc", "hf", "interaction_potential"), "t_c_g_data"),
 ]
+
+# Poisson solvers of CP2K for isolated systems only, and the one for periodic cells only.
+_ISOLATED_ONLY_SOLVERS = ("mt", "analytic", "multipole")
+_PERIODIC_ONLY_SOLVERS = ("periodic",)
 
 
 class CP2KError(Exception):
@@ -387,6 +394,36 @@ class CP2KSettings:
 
     # -- rendering ---------------------------------------------------------------------------
 
+    def _follow_periodicity(self, dft: dict, periodic: bool) -> None:
+        """Make the electrostatics match the structure: a settings file is written for one kind of
+        structure (e.g. ``POISSON_SOLVER PERIODIC`` for boxes), the labelled frames may be another."""
+        poisson = _get(dft, "poisson")
+        if poisson is not None and not isinstance(poisson, dict):
+            raise self._error(f"force_eval/dft/poisson must be a mapping, got {poisson!r}")
+        solver_key = None if poisson is None else (_key(poisson, "poisson_solver") or _key(poisson, "psolver"))
+        solver = str(poisson[solver_key]).lower() if solver_key is not None else None
+        if periodic:
+            if solver in _ISOLATED_ONLY_SOLVERS:
+                raise self._error(f"POISSON_SOLVER {solver.upper()} is for molecules in vacuum, but a structure "
+                                  "is periodic; use PERIODIC or WAVELET")
+            if poisson is not None and _key(poisson, "periodic") is not None:
+                _set(poisson, "periodic", "xyz")
+            return
+        # a molecule in vacuum: PERIODIC NONE and a solver for isolated systems (wavelet by default)
+        poisson = _section(dft, "poisson")
+        _set(poisson, "periodic", "none")
+        if solver is None or solver in _PERIODIC_ONLY_SOLVERS:
+            if solver_key is not None:
+                del poisson[solver_key]
+            _set(poisson, "poisson_solver", "wavelet")
+        # xTB's Ewald summation of the Coulomb terms assumes a periodic cell (CP2K 2023.1 crashes
+        # with it in a non-periodic one); a molecule takes the direct sum
+        qs = _get(dft, "qs")
+        if isinstance(qs, dict) and str(_get(qs, "method", "")).lower() == "xtb":
+            xtb = _get(qs, "xtb")
+            if isinstance(xtb, dict) and _key(xtb, "do_ewald") is not None:
+                _set(xtb, "do_ewald", False)
+
     def template(self, periodic: bool, executable: str = "cp2k.psmp") -> tuple[str, str, bool]:
         """Rendered input with placeholders: (text, fallback SCF guess, stress computed)."""
         if periodic not in self._templates:
@@ -436,11 +473,7 @@ class CP2KSettings:
                 resolved.append(str(p) if local else str(n))
             _set(sec, kw, resolved if isinstance(val, (list, tuple)) else resolved[0])
 
-        if not periodic:
-            poisson = _section(dft, "poisson")
-            _set(poisson, "periodic", "none")
-            if _key(poisson, "poisson_solver") is None and _key(poisson, "psolver") is None:
-                _set(poisson, "poisson_solver", "wavelet")
+        self._follow_periodicity(dft, periodic)
 
         subsys = _section(fe, "subsys")
         _set(subsys, "cell", {"a": _TOK_A, "b": _TOK_B, "c": _TOK_C,

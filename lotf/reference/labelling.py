@@ -61,6 +61,9 @@ __all__ = [
 
 STORE_ENV = "LOTF_CP2K_STORE"
 _KEY_SCHEMA = 1  # bump when the meaning of a stored record changes
+# bump when the input rendered for molecules in vacuum changes (version 2: the electrostatics
+# follow pbc; before, settings with a periodic Poisson solver failed and those failures were stored)
+_VACUUM_INPUT = 2
 log = logging.getLogger(__name__)
 
 
@@ -91,6 +94,8 @@ def structure_key(atoms: Atoms, settings_digest: str, version: str, vacuum: floa
         "pbc": np.asarray(atoms.pbc, dtype=bool).tolist(),
         "vacuum": None if periodic else float(vacuum),
     }
+    if not periodic:  # only molecules: the keys (and stored results) of periodic structures stay
+        blob["vacuum_input"] = _VACUUM_INPUT
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 

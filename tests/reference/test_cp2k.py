@@ -150,6 +150,49 @@ def test_nonperiodic_molecule():
     assert 1e-3 < abs(out.get_potential_energy() - e_box) < 0.5
 
 
+XTB = DATA / "test-xtb.yaml"  # written for periodic boxes: POISSON_SOLVER PERIODIC, DO_EWALD
+
+
+def test_xtb_settings_follow_pbc_for_a_molecule_in_vacuum(tmp_path):
+    water = molecule("H2O")  # pbc False, no cell
+    settings = load_settings(XTB)
+    text = render_input(settings, water, vacuum=4.0)
+    assert text.count("PERIODIC NONE") == 2 and "POISSON_SOLVER WAVELET" in text
+    assert "POISSON_SOLVER PERIODIC" not in text and "DO_EWALD .FALSE." in text
+    cell = [line.split()[1:] for line in text.splitlines() if line.strip()[:2] in ("A ", "B ", "C ")]
+    extent = np.ptp(water.positions, axis=0).max()
+    np.testing.assert_allclose(np.asarray(cell, float), np.eye(3) * (extent + 8.0))  # vacuum padding
+    # the periodic rendering of the same settings is untouched
+    box = water.copy()
+    box.cell, box.pbc = [8.0, 8.0, 8.0], True
+    box.center()
+    periodic_text = render_input(settings, box)
+    assert "POISSON_SOLVER PERIODIC" in periodic_text and "DO_EWALD .TRUE." in periodic_text
+    assert periodic_text.count("PERIODIC XYZ") == 2
+
+    # real CP2K: the molecule is labelled (it used to fail: "Illegal combination of periodicity and
+    # Poisson solver periodic3d")
+    labelled, report = label_frames([water], XTB, store=tmp_path / "store", vacuum=4.0, progress=False)
+    assert (report.n_ok, report.n_failed) == (1, 0), report.failures
+    out = labelled[0]
+    assert "stress" not in out.calc.results
+    f = out.get_forces()
+    np.testing.assert_allclose(f.sum(axis=0), 0.0, atol=1e-3)  # isolated: no net force
+    np.testing.assert_allclose(f[1], f[2] * [1, -1, 1], atol=1e-4)  # C2v mirror y -> -y
+    assert np.abs(f).max() > 1e-2
+    # the forces are the gradient of the energy (central difference along the O z coordinate)
+    h = 2e-3
+    energies = []
+    for sign in (1, -1):
+        moved = water.copy()
+        moved.positions[0, 2] += sign * h
+        energies.append(single_point(moved, settings, vacuum=4.0).get_potential_energy())
+    assert f[0, 2] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=1e-3)
+    # the same molecule in an 8 Å periodic box (Ewald, periodic solver): close, not identical
+    e_box = single_point(box, settings).get_potential_energy()
+    assert 1e-5 < abs(out.get_potential_energy() - e_box) < 0.5
+
+
 def test_wavefunction_reuse_same_result(tmp_path):
     settings = load_settings(CHEAP)
     a, b = water_box(seed=2), water_box(seed=3)
@@ -237,6 +280,7 @@ def test_scf_failure_and_crash_are_recorded_and_skipped(tmp_path):
         ("bad_value", "CP2K rejects the input: invalid value for enumeration:NOSUCHGUESS"),
         ("coords_in_settings", "force_eval/subsys/coord must not be set"),
         ("mixed_pbc", r"frame 1: mixed periodicity"),
+        ("isolated_solver", r"POISSON_SOLVER MT is for molecules in vacuum, but a structure is periodic"),
     ],
 )
 def test_early_errors_before_any_structure_runs(tmp_path, monkeypatch, case, match):
@@ -263,6 +307,8 @@ def test_early_errors_before_any_structure_runs(tmp_path, monkeypatch, case, mat
         tree["force_eval"]["subsys"]["coord"] = {"*": ["H 0 0 0"]}
     elif case == "mixed_pbc":
         frames[1].pbc = [True, True, False]
+    elif case == "isolated_solver":
+        dft["poisson"] = {"periodic": "none", "poisson_solver": "mt"}
     settings = tree
     if case == "no_basis":  # also through a file, so the message names it
         settings = tmp_path / "settings.yaml"
