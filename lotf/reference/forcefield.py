@@ -714,8 +714,10 @@ def _platform(settings: ForceFieldSettings):
 
     platform = openmm.Platform.getPlatformByName(settings.platform)
     props = {}
-    if settings.platform == "CPU" and settings.threads:
-        props["Threads"] = str(int(settings.threads))
+    if settings.platform == "CPU":
+        props["DeterministicForces"] = "true"  # the same numbers with any number of threads
+        if settings.threads:
+            props["Threads"] = str(int(settings.threads))
     return platform, props
 
 
