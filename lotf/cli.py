@@ -1,9 +1,16 @@
-"""The ``lotf`` command. Errors are one line on stderr and a non-zero exit."""
+"""The ``lotf`` command. Errors are one line on stderr and a non-zero exit.
+
+Every command names the file a problem belongs to (``error: in.xyz: cannot read structures: ...``);
+no traceback is shown unless ``LOTF_DEBUG`` is set.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +21,37 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 bench_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                         help="Benchmarks; each prints one JSON object.")
 app.add_typer(bench_app, name="bench")
+
+
+class CommandError(Exception):
+    """A failed command; the message is the complete line shown to the user."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (KeyError: the missing key)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = f"missing key {exc.args[0]!r}"
+    elif problem and mark is not None:  # a YAML syntax error: what and where, not the parser's context
+        text = f"invalid YAML: {problem} (line {mark.line + 1}, column {mark.column + 1})"
+    else:
+        text = str(exc).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return first or type(exc).__name__
+
+
+@contextmanager
+def _naming(path: str | Path, what: str = ""):
+    """Errors raised inside name ``path`` (unless their message already does)."""
+    try:
+        yield
+    except CommandError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - turned into one line naming the file
+        message = _one_line(exc)
+        if str(path) not in message:
+            message = f"{path}: {what}{message}"
+        raise CommandError(message) from exc
 
 
 def read_frames(path: str | Path) -> list:
@@ -44,9 +82,17 @@ def train(
     from lotf.training.trainer import train as run_training
 
     overrides = {"training": {"epochs": epochs}} if epochs else None
-    model_cfg, train_cfg = load_preset(str(config), overrides)
-    result = run_training(read_frames(train_file), read_frames(val_file), model_cfg, train_cfg, out,
-                          init_from=init_from)
+    with _naming(config):
+        model_cfg, train_cfg = load_preset(str(config), overrides)
+    train_frames, val_frames = read_frames(train_file), read_frames(val_file)
+    try:
+        result = run_training(train_frames, val_frames, model_cfg, train_cfg, out, init_from=init_from)
+    except Exception as exc:  # noqa: BLE001 - data errors name the set ("train frame 3: ..."): name the file
+        message = _one_line(exc)
+        for name, path in (("train", train_file), ("validation", val_file)):
+            if message.startswith(f"{name} ") or message.startswith(f"{name}:"):
+                raise CommandError(f"{path}: {message}") from exc
+        raise
     typer.echo(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("val_")}, indent=1))
 
 
@@ -57,12 +103,14 @@ def predict(model_dir: Path, inp: Path, out: Path):
 
     import lotf
 
-    calc = lotf.load_calculator(model_dir)
+    with _naming(model_dir, "cannot load the model: "):
+        calc = lotf.load_calculator(model_dir)
     frames = read_frames(inp)
     results = []
-    for atoms in frames:
+    for i, atoms in enumerate(frames):
         atoms = atoms.copy()
-        calc.calculate(atoms, properties=["energy", "forces"])
+        with _naming(inp, f"structure {i}: "):
+            calc.calculate(atoms, properties=["energy", "forces"])
         res = dict(calc.results)
         keep = {k: res[k] for k in ("energy", "forces", "stress") if k in res}
         atoms.calc = SinglePointCalculator(atoms, **keep)
@@ -80,11 +128,34 @@ def predict(model_dir: Path, inp: Path, out: Path):
 def label(settings: Path, inp: Path, out: Path,
           n_ranks: int = typer.Option(1, help="MPI ranks per CP2K run"),
           n_threads: int = typer.Option(1, help="OpenMP threads per rank")):
-    """Label every structure of INP with CP2K single points (resumable) into OUT."""
-    from lotf.reference.labelling import label_file
+    """Label every structure of INP with CP2K single points (resumable) into OUT.
 
-    report = label_file(settings, inp, out, n_ranks=n_ranks, n_threads=n_threads)
+    Fails (non-zero exit) when no structure could be labelled; when some fail, one warning line.
+    """
+    from lotf.reference.labelling import label_file
+    from lotf.reference.labelling import log as label_log
+
+    level = label_log.level
+    label_log.setLevel(logging.ERROR)  # the failure count is reported below, in one line
+    try:
+        report = label_file(settings, inp, out, n_ranks=n_ranks, n_threads=n_threads,
+                            progress=sys.stderr.isatty())
+    except ValueError as exc:
+        message = _one_line(exc)
+        if message.startswith("frame "):  # a structure of INP (mixed pbc, ...): name the file
+            raise CommandError(f"{inp}: {message}") from exc
+        raise
+    finally:
+        label_log.setLevel(level)
     typer.echo(str(report))
+    if report.n_failed:
+        first = report.failures[0]
+        what = (f"all {report.n_total} structures failed" if report.n_ok == 0
+                else f"{report.n_failed} of {report.n_total} structures failed")
+        line = f"{inp}: {what} (structure {first['index']}: {first['reason']})"
+        if report.n_ok == 0:
+            raise CommandError(line)
+        typer.echo(f"warning: {line}", err=True)
 
 
 @bench_app.command("potential")
@@ -148,19 +219,39 @@ def bench_cp2k():
     typer.echo(json.dumps(_load_benchmark("cp2k").cp2k_benchmark()))
 
 
-@app.command()
+DEMO_HELP = (
+    "Run the smoke campaigns end to end in a fresh git + DVC project in DIRECTORY.\n\n"
+    "Copies stages/, models/ and data/ there, builds the smoke profile and runs 'dvc repro' (real GROMACS, "
+    "CP2K and JAX), then prints a table per campaign and the production observables and writes reports "
+    "with plots. A second run reuses DVC's cache. The smoke models see only a handful of structures, so "
+    "the numbers show that the pipeline runs, not physics."
+)
+
+
+@app.command(help=DEMO_HELP, short_help="Run the smoke campaigns end to end in a git + DVC project.")
 def demo(directory: Path = typer.Argument(Path("lotf-demo"), help="working directory for the demo")):
-    """Train a small ensemble and predict with it (the full campaign demo replaces this)."""
+    """See DEMO_HELP (lotf.demo.run_demo)."""
     from lotf.demo import run_demo
 
     run_demo(directory)
 
 
+_EXPECTED = (CommandError, ValueError, OSError, RuntimeError, KeyError)
+
+
 def main() -> None:
     try:
         app()
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - one line on stderr instead of a traceback
+        if os.environ.get("LOTF_DEBUG"):
+            raise
+        message = _one_line(exc)
+        if not isinstance(exc, _EXPECTED):
+            message = f"{type(exc).__name__}: {message}"
+        typer.echo(f"error: {message}", err=True)
         sys.exit(1)
 
 

@@ -405,21 +405,28 @@ def _run_dask(pending, settings, store, options, cluster_cfg, chunk_size, bar, e
 
 
 def read_frames(path: str | Path) -> list[Atoms]:
-    """Structures from an H5MD file (``.h5``/``.h5md``, znh5md) or anything ase.io reads."""
+    """Structures from an H5MD file (``.h5``/``.h5md``, znh5md) or anything ase.io reads.
+
+    A missing file raises FileNotFoundError, an unreadable one a ValueError naming the file.
+    """
     import ase.io
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"structure file {path} does not exist")
-    if path.suffix in (".h5", ".h5md"):
-        import h5py
-        import znh5md
+    try:
+        if path.suffix in (".h5", ".h5md"):
+            import h5py
+            import znh5md
 
-        with h5py.File(path, "r") as fh:
-            if "particles" not in fh:
-                return []
-        return list(znh5md.IO(path)[:])
-    return list(ase.io.read(path, index=":"))
+            with h5py.File(path, "r") as fh:
+                if "particles" not in fh:
+                    return []
+            return list(znh5md.IO(path)[:])
+        return list(ase.io.read(path, index=":"))
+    except Exception as exc:  # ase.io and h5py raise many types: one message naming the file
+        message = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
+        raise ValueError(f"{path}: cannot read structures: {message}") from exc
 
 
 def write_frames(path: str | Path, frames: list[Atoms]) -> None:

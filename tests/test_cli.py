@@ -1,0 +1,136 @@
+"""The ``lotf`` command line: one-line errors naming the file, exit codes, help texts.
+
+Most tests run the installed ``lotf`` entry point in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import yaml
+from ase.build import molecule
+from typer.testing import CliRunner
+
+from lotf import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+XTB = ROOT / "data" / "cp2k" / "test-xtb.yaml"
+LOTF = str(Path(sys.executable).parent / "lotf")
+
+
+def lotf(*args, cwd: Path, store: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("LOTF_DEBUG", None)
+    if store is not None:
+        env["LOTF_CP2K_STORE"] = str(store)
+    return subprocess.run([LOTF, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The stderr of a failed command: exactly one line, starting with 'error: '."""
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+MALFORMED = {
+    "truncated.xyz": ("3\nwater\nO 0 0 0\n", "Frame has 1 atoms, expected 3"),
+    "not-numbers.xyz": ("2\nbad\nH 0 0 0\nH x y z\n", "could not convert string to float"),
+    "prose.xyz": ("hello world\n", "Expected xyz header"),
+    "not-hdf5.h5": ("x", "file signature not found"),
+    "not-ulm.traj": ("abc", "not an ULM formatted file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_label_of_a_malformed_file_is_one_line_naming_it(tmp_path, name):
+    content, problem = MALFORMED[name]
+    (tmp_path / name).write_text(content)
+    line = one_error_line(lotf("label", XTB, name, "out.h5", cwd=tmp_path, store=tmp_path / "store"))
+    assert line.startswith(f"error: {name}: cannot read structures: ") and problem in line
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_every_command_names_the_bad_file(tmp_path):
+    water = molecule("H2O")
+    ase.io.write(tmp_path / "water.xyz", water)  # no labels
+    (tmp_path / "truncated.xyz").write_text(MALFORMED["truncated.xyz"][0])
+    (tmp_path / "broken.yaml").write_text("model: {hidden: [16\n")
+    (tmp_path / "not-a-model").mkdir()
+
+    line = one_error_line(lotf("train", "broken.yaml", "--train", "water.xyz", "--val", "water.xyz", "--out", "m",
+                               cwd=tmp_path))
+    assert line.startswith("error: broken.yaml: invalid YAML: ") and "line 2" in line
+    line = one_error_line(lotf("train", "smoke", "--train", "truncated.xyz", "--val", "water.xyz", "--out", "m",
+                               cwd=tmp_path))
+    assert line.startswith("error: truncated.xyz: cannot read structures: ")
+    line = one_error_line(lotf("train", "smoke", "--train", "water.xyz", "--val", "water.xyz", "--out", "m",
+                               cwd=tmp_path))
+    assert line.startswith("error: water.xyz: train frame 0: ") and "no energy" in line
+    line = one_error_line(lotf("predict", "not-a-model", "water.xyz", "out.xyz", cwd=tmp_path))
+    assert line.startswith("error: not-a-model: ")
+    line = one_error_line(lotf("predict", "not-a-model", "truncated.xyz", "out.xyz", cwd=tmp_path))
+    assert line.startswith("error: not-a-model: ")  # the model is loaded first
+    line = one_error_line(lotf("label", "broken.yaml", "water.xyz", "out.h5", cwd=tmp_path, store=tmp_path / "s"))
+    assert line.startswith("error: broken.yaml: invalid YAML: ") and "line 2" in line
+    line = one_error_line(lotf("label", XTB, "missing.xyz", "out.h5", cwd=tmp_path, store=tmp_path / "s"))
+    assert "missing.xyz" in line and "does not exist" in line
+
+
+def test_label_a_molecule_with_xtb_and_fail_when_every_structure_fails(tmp_path):
+    ase.io.write(tmp_path / "molecules.xyz", [molecule("H2O"), molecule("NH3")])  # pbc False
+    store = tmp_path / "store"
+    # real CP2K with the xTB settings written for periodic boxes: molecules in vacuum are labelled
+    ok = lotf("label", XTB, "molecules.xyz", "labelled.xyz", cwd=tmp_path, store=store)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr == ""  # no progress bar or warning when all went well and stderr is no terminal
+    labelled = ase.io.read(tmp_path / "labelled.xyz", index=":")
+    assert len(labelled) == 2 and all(np.abs(a.get_forces()).max() > 1e-2 for a in labelled)
+
+    # the same molecules with settings whose SCF cannot converge: nothing labelled, non-zero exit
+    tree = yaml.safe_load(XTB.read_text())
+    scf = tree["force_eval"]["dft"]["scf"]
+    del scf["ot"], scf["outer_scf"]
+    scf.update(max_scf=1, eps_scf=1e-12, scf_guess="atomic")
+    (tmp_path / "no-scf.yaml").write_text(yaml.safe_dump(tree))
+    failed = lotf("label", "no-scf.yaml", "molecules.xyz", "none.xyz", cwd=tmp_path, store=store)
+    line = one_error_line(failed)
+    assert line == "error: molecules.xyz: all 2 structures failed (structure 0: SCF not converged)"
+    assert "n_failed=2" in failed.stdout  # the report still goes to stdout
+
+
+def test_unexpected_errors_are_one_line_too(monkeypatch, capsys, tmp_path):
+    import lotf.reference.labelling as labelling
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("something deep down\nwith a second line")
+
+    monkeypatch.setattr(labelling, "label_file", broken)
+    monkeypatch.delenv("LOTF_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["lotf", "label", "settings.yaml", "in.xyz", "out.h5"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == "error: ZeroDivisionError: something deep down\n"
+    monkeypatch.setenv("LOTF_DEBUG", "1")  # the traceback on request
+    with pytest.raises(ZeroDivisionError):
+        cli.main()
+
+
+def test_demo_help_describes_the_smoke_campaign_demo():
+    result = CliRunner().invoke(cli.app, ["demo", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "Run the smoke campaigns end to end in a fresh git + DVC project" in text
+    assert "dvc repro" in text and "GROMACS, CP2K and JAX" in text
+    assert "predict" not in text.lower()  # the old train-and-predict demo is gone
+    overview = " ".join(CliRunner().invoke(cli.app, ["--help"]).output.split())
+    assert "Run the smoke campaigns end to end" in overview
