@@ -8,6 +8,9 @@ Every check is a small frozen dataclass with
 * ``passes(value) -> bool``: the acceptance rule.
 
 Checks run on sampling steps, where the full ensemble prediction (member forces) is available.
+Checks with ``needs_uncertainty`` are refused when the MD run is set up if the potential has no
+ensemble (a one-member JAX model, an ASE calculator without ``energy_ensemble``/``forces_ensemble``
+or ``forces_uncertainty``): σ would be 0 and the check could never fire.
 What happens on a failure is decided by the MD loop (``on_trigger``): "stop" keeps the frames up
 to the last accepted one and ends the run; "reset" restarts from the start structure with new
 momenta and continues until the requested number of steps is done (seed 2's safe sampling).
