@@ -1061,8 +1061,9 @@ def run_md(
     """NVT or NPT MD of ``start`` with the reference force field in OpenMM; frames to H5MD.
 
     The run: (optional) local energy minimisation (``minimise_steps`` iterations, 0: none),
-    velocities from Maxwell-Boltzmann at ``temperature`` (the start's momenta when it has them
-    and is not minimised), ``equilibration_steps`` unrecorded, then ``steps`` steps with one
+    velocities from Maxwell-Boltzmann at ``temperature`` (the start's momenta when it has them,
+    is not minimised and not replicated), ``equilibration_steps`` unrecorded with a Langevin
+    thermostat (friction at least 5/ps), then ``steps`` steps with ``thermostat`` and one
     frame every ``interval`` steps, written like lotf's own MD (znh5md, unwrapped positions,
     momenta, energy eV, forces eV/Å, info step/time fs/temperature K/target_temperature and,
     NPT, target_pressure bar; the H5MD time step is ``interval`` x ``timestep``).
@@ -1117,11 +1118,19 @@ def run_md(
     system = build_system(ff, sequence, cfg, sup_box / NM, grid, copies, for_md=True)
     masses = np.array([system.getParticleMass(i)._value for i in range(system.getNumParticles())])
     dt_ps = timestep / 1000.0
+    # equilibration: Langevin (``friction``, at least 5/ps: it brings a minimised start to the
+    # temperature within a picosecond, which a Nosé-Hoover chain does not); production: the thermostat
+    integrator = openmm.CompoundIntegrator()
+    warm = openmm.LangevinMiddleIntegrator(temperature, max(friction, 5.0) if thermostat != "langevin" else friction,
+                                           dt_ps)
+    warm.setRandomNumberSeed(int(seed) % 2**31 or 1)
+    integrator.addIntegrator(warm)
     if thermostat == "langevin":
-        integrator = openmm.LangevinMiddleIntegrator(temperature, friction, dt_ps)
-        integrator.setRandomNumberSeed(int(seed) % 2**31 or 1)
+        production = openmm.LangevinMiddleIntegrator(temperature, friction, dt_ps)
+        production.setRandomNumberSeed(int(seed) % 2**31 or 1)  # one generator per context
     else:
-        integrator = openmm.NoseHooverIntegrator(temperature, friction, dt_ps)
+        production = openmm.NoseHooverIntegrator(temperature, friction, dt_ps)
+    integrator.addIntegrator(production)
     if ensemble == "npt":
         barostat = openmm.MonteCarloBarostat(pressure, temperature, int(barostat_interval))
         barostat.setRandomNumberSeed(int(seed) % 2**31 or 1)
@@ -1164,8 +1173,8 @@ def run_md(
         if minimise_steps > 0:
             openmm.LocalEnergyMinimizer.minimize(context, 10.0, int(minimise_steps))
             minimised = True
-        if start.has("momenta") and not minimised:
-            context.setVelocities(np.tile(start.get_velocities() * 1000.0 * _ASE_FS / NM, (copies, 1)))
+        if start.has("momenta") and not minimised and copies == 1:  # copies: each its own velocities
+            context.setVelocities(start.get_velocities() * 1000.0 * _ASE_FS / NM)
         else:
             context.setVelocitiesToTemperature(temperature, int(seed) % 2**31 or 1)
 
@@ -1213,6 +1222,7 @@ def run_md(
             else:
                 n = interval - (done - equilibration_steps) % interval
                 n = min(n, total - done)
+            integrator.setCurrentIntegrator(0 if done < equilibration_steps else 1)
             integrator.step(n)
             done += n
             bar.update(n)

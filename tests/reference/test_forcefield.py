@@ -332,16 +332,17 @@ def test_bmim_bf4_stress_and_momentum(bmim_frame):
 
 def test_reference_md_nvt_temperature_and_npt_density(tmp_path, water_frames):
     """768 SPC/Fw atoms (4.5 Å cutoff for speed): Langevin NVT at 300 K holds the mean
-    temperature and the density; a short NPT run moves the volume and stays near 1 g/cm³."""
+    temperature over 2 ps (about 2.5 K standard error) and the density; a short NPT run moves
+    the volume and stays near 1 g/cm³."""
     import znh5md
 
     start = water_frames[-1]
     rho0 = start.get_masses().sum() / start.get_volume() * G_CM3
-    summary = ff.run_md(start, "water", cutoff=4.5, trajectory=tmp_path / "nvt.h5", steps=2400,
-                        equilibration_steps=600, interval=50, thermostat="langevin", friction=5.0, replicate=2,
+    summary = ff.run_md(start, "water", cutoff=4.5, trajectory=tmp_path / "nvt.h5", steps=4000,
+                        equilibration_steps=1000, interval=50, thermostat="langevin", friction=5.0, replicate=2,
                         minimise_steps=0, seed=2, progress=False, threads=1)
     frames = znh5md.IO(str(tmp_path / "nvt.h5"))[:]
-    assert summary.frames_written == len(frames) == 48 and summary.n_atoms == 768
+    assert summary.frames_written == len(frames) == 80 and summary.n_atoms == 768
     temperature = np.array([a.info["temperature"] for a in frames])
     assert temperature.mean() == pytest.approx(300.0, abs=6.0)
     kinetic = np.array([a.get_kinetic_energy() for a in frames])  # from the stored momenta
