@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import queue
@@ -142,6 +143,8 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
     (``warm_start_lr_factor``, ``warmup_epochs``).
     """
     out_dir = Path(out_dir)
+    if init_from is not None and config.warm_start_epochs:
+        config = dataclasses.replace(config, epochs=config.warm_start_epochs)
     if isinstance(model_config, ModelConfig):
         model_config = model_config.to_dict()
     model_config = dict(model_config)
