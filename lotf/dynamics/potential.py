@@ -60,7 +60,7 @@ class JaxBase:
         from lotf.potential.io import load_model
 
         model, params, _ = load_model(directory)
-        return cls([gmnn_term(model, params), *extra_terms], model.config.species, model.config.uncertainty_ddof)
+        return cls([gmnn_term(model, params), *extra_terms], model.config.species)  # spread with 1/M, as the models
 
     def setup(self, atoms: Atoms) -> None:
         numbers = atoms.get_atomic_numbers()

@@ -56,7 +56,7 @@ def _base_potential(model: Any):
     else:
         raise TypeError(f"model: {type(model).__name__} has neither 'model_dir' nor 'get_calculator()'")
     if isinstance(calc, LotfCalculator):
-        return JaxBase(calc.terms, calc.species, calc.ddof)
+        return JaxBase(calc.terms, calc.species, getattr(calc, "ddof", 0))
     return AseBase(calc)
 
 
