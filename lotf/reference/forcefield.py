@@ -1074,7 +1074,9 @@ def run_md(
     Args:
         timestep: fs (flexible water needs about 0.5 fs).
         thermostat: ``nose_hoover`` (chain of 3, collision frequency ``friction`` 1/ps; the
-            dynamics for transport properties) or ``langevin`` (LangevinMiddle, ``friction`` 1/ps).
+            dynamics for transport properties) or ``langevin`` (LangevinMiddle, ``friction`` 1/ps;
+            its kinetic temperature of flexible water reads about 3 % low at 0.5 fs: 291 K
+            against 302 K at 0.25 fs and 303 K with Nosé-Hoover in 10 ps runs).
         ensemble: ``nvt`` or ``npt`` (isotropic Monte-Carlo barostat at ``pressure`` bar, a
             volume move every ``barostat_interval`` steps).
         replicate: copies of the start along a, b, c (an int: the same along all three); None:
