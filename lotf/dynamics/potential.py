@@ -31,7 +31,7 @@ from lotf.dynamics.biases import ERBS, UDD, bias_kind
 from lotf.dynamics.state import Prediction
 from lotf.potential.calculator import EnergyTerm
 from lotf.potential.model import Graph, species_index
-from lotf.potential.predict import summed_energy_fn
+from lotf.potential.predict import member_derivatives, summed_energy_fn
 
 
 def make_graph(positions: jax.Array, cell: jax.Array, species: jax.Array, numbers: jax.Array, nbrs) -> Graph:
@@ -83,6 +83,16 @@ class JaxBase:
             return jax.vjp(energy, positions, zero)
         e, vjp_pos = jax.vjp(lambda r: energy(r, zero), positions)
         return e, lambda ct: (vjp_pos(ct)[0], zero)
+
+
+    def member_derivatives(self, positions, cell, nbrs_per_term, virial: bool = True):
+        """(E_m (M,), dE_m/dpositions (M, N, 3), dE_m/dstrain (M, 3, 3)); full ensembles cost K
+        single-model passes (:func:`lotf.potential.predict.member_derivatives`)."""
+        graphs = [make_graph(positions, cell, self.species_idx, self.numbers, nb) for nb in nbrs_per_term]
+        e, d_pos, d_strain = member_derivatives([t.fn for t in self.terms], [t.params for t in self.terms],
+                                                positions, jnp.zeros((1, 3, 3), positions.dtype), graphs,
+                                                virial=virial)
+        return e[0], d_pos, d_strain[:, 0]
 
 
 class AseBase:
@@ -239,15 +249,17 @@ class ForceField:
                 f_bias = jnp.einsum("m,mna->na", c, f_m)  # closed form; ASE gives no member stresses
             energy, forces, virial = energy + e_bias, forces + f_bias, virial + v_bias
         else:
-            e_m, vjp = self.base.member_energies(positions, cell, [nbrs[i] for i in self.term_lists], need_virial)
+            term_nbrs = [nbrs[i] for i in self.term_lists]
+            if full:  # member forces (cost: see predict.py), uncertainty, UDD in closed form
+                e_m, d_pos, d_strain = self.base.member_derivatives(positions, cell, term_nbrs, need_virial)
+            else:
+                e_m, vjp = self.base.member_energies(positions, cell, term_nbrs, need_virial)
             m = e_m.shape[0]
             e_unc = jnp.std(e_m, ddof=ddof) if m > 1 else jnp.zeros(())
             e_bias, c = self.bias.energy_and_weights(e_m, n) if self.kind == "udd" else (jnp.zeros(()), jnp.zeros(m))
             energy = jnp.mean(e_m) + e_bias
-            if full:  # one reverse pass per member: member forces, uncertainty, UDD in closed form
-                grads = [vjp(jnp.zeros(m).at[k].set(1.0)) for k in range(m)]
-                f_m = -jnp.stack([g[0] for g in grads])  # (M, N, 3)
-                v_m = jnp.stack([g[1] for g in grads])  # (M, 3, 3)
+            if full:
+                f_m, v_m = -d_pos, d_strain  # (M, N, 3), (M, 3, 3)
                 f_unc = jnp.std(f_m, axis=0, ddof=ddof) if m > 1 else zeros_f
                 f_bias = jnp.einsum("m,mna->na", c, f_m)
                 v_bias = jnp.einsum("m,mab->ab", c, v_m)
