@@ -166,6 +166,14 @@ def bench_potential(quick: bool = typer.Option(False, help="fewer sizes and repe
     typer.echo(json.dumps(potential_benchmark(quick=quick)))
 
 
+@bench_app.command("warmstart")
+def bench_warmstart(epochs: int = typer.Option(100, help="epochs of the from-scratch runs")):
+    """Continual learning: epochs a warm start and a fresh start need after 20 % new structures."""
+    from lotf.bench import warmstart_benchmark
+
+    typer.echo(json.dumps(warmstart_benchmark(epochs=epochs)))
+
+
 @app.command()
 def build(campaigns: list[str] = typer.Argument(None, help="campaigns to build (default: all)"),
           profile: str = typer.Option("paper", help="paper (the seeds' settings) or smoke (tiny, for CI/demo)")):
