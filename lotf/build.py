@@ -25,7 +25,7 @@ def build(campaigns: list[str] | None, profile: str, root: str | Path = ".") -> 
     names = list(campaigns) if campaigns else list(CAMPAIGNS)
     modules = [campaign_module(name, root) for name in names]  # unknown names fail before any write
     for module in modules:
-        module.check_profile(module.NAME, profile)
+        module.check_profile(module.NAME, profile, module.PROFILES)
     project = zntrack.Project()
     for module in modules:
         module.build(project, profile)

@@ -23,7 +23,7 @@ from lotf.nodes.frames import FilterOutliers, MergeFrames
 from lotf.nodes.production import ProductionMD
 from lotf.nodes.sampling import GeometryOptimisation, MDSampling
 from lotf.nodes.seed import GromacsSeed, PackBox, SmilesConformers, VolumeScan
-from stages.common import CampaignState, check_profile, check_row, learning_step, report
+from stages.common import CampaignState, check_profile, check_row, labeller, learning_step, report
 
 NAME = "bmim_bf4"
 GROUP = "bmim-bf4"  # ZnTrack joins group names with "_", so the group avoids it
@@ -156,7 +156,7 @@ PROFILES = {
 
 
 def build(project: zntrack.Project, profile: str) -> None:
-    check_profile(NAME, profile)
+    check_profile(NAME, profile, PROFILES)
     p = PROFILES[profile]
     for row in p["rows"]:
         check_row(NAME, row)
@@ -193,8 +193,8 @@ def build(project: zntrack.Project, profile: str) -> None:
             start = {"seed": seed, "previous": state.last_structure}.get(row["start"])
             if start is None:
                 start = volume_scan["start"]
-            state = learning_step(row, state, start=start, cp2k_settings=p["cp2k"], model_config=p["model"],
-                                  model_overrides=p["overrides"], cp2k=p["cp2k_run"], seed=k)
+            state = learning_step(row, state, start=start, label=labeller({"cp2k": p["cp2k"], **p["cp2k_run"]}),
+                                  model_config=p["model"], model_overrides=p["overrides"], seed=k)
 
     finals = _final_models(project, p, state)
     with project.group(GROUP, "report"):

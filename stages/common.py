@@ -12,10 +12,11 @@ from typing import Any
 
 from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
 from lotf.nodes.frames import MergeFrames
+from lotf.nodes.reference import ForceFieldLabel
 from lotf.nodes.report import CampaignReport
 from lotf.nodes.sampling import GeometryOptimisation, MDSampling
 
-PROFILES = ("paper", "smoke")
+PROFILES = ("paper", "smoke", "oracle")
 
 ROW_KEYS = {
     "name",  # group name, e.g. "ML7"
@@ -32,9 +33,25 @@ class BuildError(ValueError):
     """A campaign definition problem, reported at build time."""
 
 
-def check_profile(campaign: str, profile: str) -> None:
-    if profile not in PROFILES:
-        raise BuildError(f"{campaign}: unknown profile '{profile}' (known: {', '.join(PROFILES)})")
+def check_profile(campaign: str, profile: str, known=PROFILES) -> None:
+    if profile not in known:
+        raise BuildError(f"{campaign}: unknown profile '{profile}' (known: {', '.join(known)})")
+
+
+def labeller(reference: dict[str, Any]):
+    """Node factory ``label(data, name=None)`` for a campaign's reference.
+
+    ``{"cp2k": settings file, "n_ranks": .., "n_threads": ..}`` labels with CP2K (DFT, xTB);
+    ``{"forcefield": "water", "cutoff": ..}`` with the OpenMM force field (oracle profiles).
+    """
+    options = dict(reference)
+    if "cp2k" in options:
+        settings = options.pop("cp2k")
+        return lambda data, name=None: CP2KLabel(data=data, settings=settings, **options,
+                                                 **({"name": name} if name else {}))
+    if "forcefield" in options:
+        return lambda data, name=None: ForceFieldLabel(data=data, **options, **({"name": name} if name else {}))
+    raise BuildError(f"reference: needs 'cp2k' or 'forcefield' (got {', '.join(options) or 'nothing'})")
 
 
 def check_row(campaign: str, row: dict[str, Any]) -> None:
@@ -72,8 +89,8 @@ def report(state: CampaignState, test_data: Any) -> CampaignReport:
                           test_data=test_data.frames)
 
 
-def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, cp2k_settings: str,
-                  model_config: str, model_overrides: dict, cp2k: dict, seed: int) -> CampaignState:
+def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, label, model_config: str,
+                  model_overrides: dict, seed: int) -> CampaignState:
     """Nodes of one iteration; call inside ``project.group(campaign, row["name"])``."""
     md = MDSampling(model=state.model, data=start.frames, data_id=-1, seed=seed, **row["sampling"])
     pool = [md.frames]
@@ -87,7 +104,7 @@ def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, cp2k
     if row.get("n_validation", 0):
         val_pick = RandomSelection(data=candidates.frames, n_configurations=row["n_validation"], seed=seed,
                                    name="ValidationPick")
-        val_label = CP2KLabel(data=val_pick.frames, settings=cp2k_settings, name="ValidationLabel", **cp2k)
+        val_label = label(val_pick.frames, name="ValidationLabel")
         validation = MergeFrames(data=[state.validation.frames, val_label.frames], name="Validation")
         candidates = val_pick  # pick training points from what is left
         pool_frames = val_pick.excluded_frames
@@ -98,10 +115,10 @@ def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, cp2k
     else:
         pick = MaxDistSelection(data=pool_frames, train_data=state.train.frames, model=state.model,
                                 n_configurations=row["n_select"])
-    label = CP2KLabel(data=pick.frames, settings=cp2k_settings, **cp2k)
-    train = MergeFrames(data=[state.train.frames, label.frames], name="TrainingSet")
+    labelled = label(pick.frames)
+    train = MergeFrames(data=[state.train.frames, labelled.frames], name="TrainingSet")
     model = TrainModel(data=train.frames, validation_data=validation.frames, config=model_config,
                        overrides=model_overrides, init_from=state.model)
     new = CampaignState(model=model, train=train, validation=validation, last_structure=last, log=state.log)
-    new.record(row["name"], sampler=md, label=label)
+    new.record(row["name"], sampler=md, label=labelled)
     return new

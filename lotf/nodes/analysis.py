@@ -401,10 +401,12 @@ class ObservableTrend(zntrack.Node):
     ``key`` is a path into each node's metrics, "/"-separated (e.g. "com:H2O/D_yeh_hummer_A2_per_ns");
     ``error_key`` likewise for the error bar. ``series`` names the curve of each node (e.g. "md",
     "erbs") and ``steps`` its position on the x axis (e.g. the iteration). ``reference`` draws a
-    horizontal line (seed 2: the experimental 241 Å²/ns of water).
+    horizontal line (seed 2: the experimental 241 Å²/ns of water); ``reference_node`` takes it
+    from that node's metric at ``key`` instead (a ground-truth run).
     """
 
     nodes: list = zntrack.deps()
+    reference_node: t.Any = zntrack.deps(None)
     key: str = zntrack.params()
     error_key: str | None = zntrack.params(None)
     series: list[str] = zntrack.params()
@@ -436,13 +438,17 @@ class ObservableTrend(zntrack.Node):
                          "error": self._lookup(node.metrics, self.error_key, node.name) if self.error_key
                          else np.nan})
         df = pd.DataFrame(rows)
+        reference = self.reference
+        if self.reference_node is not None:
+            reference = self._lookup(self.reference_node.metrics, self.key, self.reference_node.name)
         self.nwd.mkdir(parents=True, exist_ok=True)
         df.to_csv(self.table, index=False)
-        plots.plot_trend(df, self.figure, self.y_label or self.key, self.reference, self.reference_label)
+        plots.plot_trend(df, self.figure, self.y_label or self.key, reference, self.reference_label)
         metrics = {s: dict(zip(sub["step"], sub["value"])) for s, sub in df.groupby("series", sort=False)}
-        if self.reference is not None:
+        if reference is not None:
+            metrics["reference"] = reference
             for s, sub in df.groupby("series", sort=False):
-                metrics[s]["last_relative_error"] = (sub["value"].iloc[-1] - self.reference) / self.reference
+                metrics[s]["last_relative_error"] = (sub["value"].iloc[-1] - reference) / reference
         self.metrics = metrics
 
 

@@ -1,0 +1,47 @@
+"""Ground truth comparisons: an MLP's MD against the reference force field's own MD.
+
+Everything here works on the outputs the analysis nodes already write (RDF tables, diffusion
+metrics, MD metrics), so any pair of runs of the same system, temperature and size compares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def rdf_max_abs_dev(candidate: pd.DataFrame, reference: pd.DataFrame, pair: str) -> float:
+    """max_r |g(r) − g_ref(r)| of one pair, the candidate interpolated onto the reference grid
+    (up to the shorter of the two ranges)."""
+    for name, table in (("candidate", candidate), ("reference", reference)):
+        if pair not in table.columns:
+            raise KeyError(f"{name} RDF has no pair {pair} (has {', '.join(map(str, table.columns))})")
+    r_ref = np.asarray(reference.index, float)
+    r_c = np.asarray(candidate.index, float)
+    keep = r_ref <= min(r_ref.max(), r_c.max())
+    g_c = np.interp(r_ref[keep], r_c, np.asarray(candidate[pair], float))
+    return float(np.max(np.abs(g_c - np.asarray(reference[pair], float)[keep])))
+
+
+def stable_ps(md_metrics: dict, timestep_fs: float) -> float:
+    """Production time before a stop check fired (the whole run when none did), in ps."""
+    return float(md_metrics.get("steps_done", 0)) * timestep_fs / 1000.0
+
+
+def compare_run(md_metrics: dict, diffusion_metrics: dict, rdf: pd.DataFrame | None, *, reference_D: float,
+                reference_rdf: pd.DataFrame | None, group: str, pair: str, target_temperature: float,
+                timestep_fs: float) -> dict:
+    """One candidate run against the reference: D ratio, RDF deviation, temperature, stability."""
+    d = diffusion_metrics.get(group, {}).get("D_A2_per_ns", np.nan)
+    out = {
+        "D_A2_per_ns": float(d),
+        "D_ratio": float(d / reference_D) if reference_D else np.nan,
+        "T_mean_K": float(md_metrics.get("temperature_mean_K", np.nan)),
+        "stable_ps": stable_ps(md_metrics, timestep_fs),
+        "stopped": int(md_metrics.get("stopped", 0)),
+        "stop_reason": str(md_metrics.get("stop_reason", "none")),
+    }
+    out["T_dev_K"] = out["T_mean_K"] - target_temperature
+    if rdf is not None and reference_rdf is not None:
+        out["rdf_max_abs_dev"] = rdf_max_abs_dev(rdf, reference_rdf, pair)
+    return out

@@ -1,0 +1,72 @@
+"""ZnTrack node: final models' MD side by side with the reference force field's own MD."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import zntrack
+
+
+class ReferenceComparison(zntrack.Node):
+    """Compare MLP runs with the reference run of the same system, temperature and size.
+
+    ``runs``, ``rdfs`` and ``diffusions`` are parallel lists (one entry per model, named by
+    ``names``); ``reference_*`` are the reference's own ``ReferenceMD``/``RDF``/``Diffusion``.
+    Per model: D/D_ref for ``group``, the largest |g(r) − g_ref(r)| of ``pair``, mean temperature
+    against ``temperature``, and the picoseconds before a stop check fired (``stable_ps``).
+    ``metrics`` also name the best model by D and RDF.
+    """
+
+    names: list = zntrack.params()
+    runs: list = zntrack.deps()
+    rdfs: list = zntrack.deps()
+    diffusions: list = zntrack.deps()
+    reference_run: object = zntrack.deps()
+    reference_rdf: object = zntrack.deps()
+    reference_diffusion: object = zntrack.deps()
+    group: str = zntrack.params("com:H2O")
+    pair: str = zntrack.params("O-O")
+    temperature: float = zntrack.params(300.0)
+    timestep: float = zntrack.params(0.5)
+
+    table: pd.DataFrame = zntrack.plots(x="model", y=["D_ratio", "rdf_max_abs_dev"], x_label="model",
+                                        title="MLP against the reference")
+    figure: Path = zntrack.plots_path(zntrack.nwd / "rdf_comparison.png")
+    metrics: dict = zntrack.metrics()
+
+    def run(self) -> None:
+        from lotf.analysis.validation import compare_run
+
+        if not (len(self.names) == len(self.runs) == len(self.rdfs) == len(self.diffusions)):
+            raise ValueError("ReferenceComparison: names, runs, rdfs and diffusions need one entry per model")
+        ref_d = self.reference_diffusion.metrics[self.group]["D_A2_per_ns"]
+        ref_rdf = self.reference_rdf.rdf
+        rows = []
+        for name, run, rdf, diffusion in zip(self.names, self.runs, self.rdfs, self.diffusions):
+            row = compare_run(run.metrics, diffusion.metrics, rdf.rdf, reference_D=ref_d, reference_rdf=ref_rdf,
+                              group=self.group, pair=self.pair, target_temperature=self.temperature,
+                              timestep_fs=self.timestep)
+            rows.append({"model": name, **row})
+        self.table = pd.DataFrame(rows)
+        reference = {"D_A2_per_ns": ref_d, "T_mean_K": self.reference_run.metrics.get("temperature_mean_K")}
+        self.metrics = {"reference": reference, "models": {r["model"]: {k: v for k, v in r.items() if k != "model"}
+                                                           for r in rows}}
+        self._plot([rdf.rdf for rdf in self.rdfs], ref_rdf)
+
+    def _plot(self, tables, reference) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(reference.index, reference[self.pair], "k-", lw=2, label="reference")
+        for name, table in zip(self.names, tables):
+            ax.plot(table.index, table[self.pair], lw=1, label=name)
+        ax.set_xlabel("r / Å")
+        ax.set_ylabel(f"g(r) {self.pair}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(self.figure, dpi=120)
+        plt.close(fig)
