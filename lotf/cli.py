@@ -174,6 +174,12 @@ def bench_warmstart(epochs: int = typer.Option(100, help="epochs of the from-scr
     typer.echo(json.dumps(warmstart_benchmark(epochs=epochs)))
 
 
+@bench_app.command("validation")
+def bench_validation(directory: Optional[Path] = typer.Option(None, help="where to build the project (default: a temp dir)")):
+    """The water oracle campaign against its force-field ground truth (D, RDF, T, test errors)."""
+    typer.echo(json.dumps(_load_benchmark("validation").validation_benchmark(str(directory) if directory else None)))
+
+
 @app.command()
 def build(campaigns: list[str] = typer.Argument(None, help="campaigns to build (default: all)"),
           profile: str = typer.Option("paper", help="paper (the seeds' settings) or smoke (tiny, for CI/demo)")):

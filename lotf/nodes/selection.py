@@ -14,6 +14,7 @@ Both frame lists are stored as H5MD, so downstream nodes never re-read the whole
 
 from __future__ import annotations
 
+import logging
 import time
 import typing as t
 from pathlib import Path
@@ -26,6 +27,8 @@ import zntrack
 from lotf.nodes.frames import read_h5md, write_h5md
 from lotf.selection import rules
 
+log = logging.getLogger(__name__)
+
 
 class _Selection(zntrack.Node):
     """Shared outputs of the selection nodes; subclasses implement :meth:`select`."""
@@ -37,14 +40,24 @@ class _Selection(zntrack.Node):
     excluded_frames_path: Path = zntrack.outs_path(zntrack.nwd / "excluded_frames.h5")
     metrics: dict = zntrack.metrics()
 
-    def select(self, frames: list[ase.Atoms]) -> tuple[np.ndarray, dict]:
-        """Indices into ``frames`` in pick order and extra metrics."""
+    def select(self, frames: list[ase.Atoms], n: int | None) -> tuple[np.ndarray, dict]:
+        """Indices into ``frames`` in pick order (``n`` of them) and extra metrics."""
         raise NotImplementedError
 
     def run(self) -> None:
         frames = list(self.data)
         start = time.perf_counter()
-        ids, extra = self.select(frames)
+        requested = getattr(self, "n_configurations", None)
+        n = requested
+        if requested is not None and len(frames) < requested:
+            # a sampler that stopped early (or reset on every frame) leaves a short pool: select
+            # what exists and record the shortfall rather than break the graph
+            log.warning("%s: %d structures requested from a pool of %d; selecting all of them", self.name,
+                        requested, len(frames))
+            n = len(frames)
+        ids, extra = self.select(frames, n) if frames else ([], {})
+        if requested is not None:
+            extra = {"n_requested": requested, **extra}
         ids = [int(i) for i in ids]
         chosen = set(ids)
         write_h5md(self.frames_path, [frames[i] for i in ids])
@@ -70,8 +83,8 @@ class RandomSelection(_Selection):
     n_configurations: int = zntrack.params()
     seed: int = zntrack.params(1234)
 
-    def select(self, frames):
-        return rules.random_selection(len(frames), self.n_configurations, self.seed), {}
+    def select(self, frames, n):
+        return rules.random_selection(len(frames), n, self.seed), {}
 
 
 def model_and_params(model: t.Any):
@@ -90,7 +103,8 @@ def model_and_params(model: t.Any):
     if hasattr(model, "get_calculator"):
         calc = model.get_calculator()
         term = (getattr(calc, "terms", None) or [None])[0]
-        owner = getattr(getattr(term, "fn", None), "__self__", None)
+        fn = getattr(term, "fn", None)
+        owner = getattr(fn, "__self__", None) or getattr(fn, "model", None)  # method or MemberwiseEnergy
         if isinstance(owner, Model):
             return owner, term.params
     raise TypeError(f"model: {type(model).__name__} is neither a lotf model directory nor a node with "
@@ -120,16 +134,16 @@ class MaxDistSelection(_Selection):
     distances: pd.DataFrame = zntrack.plots(x="pick", y="distance", x_label="pick",
                                             y_label="max-min feature distance", title="MaxDist")
 
-    def select(self, frames):
+    def select(self, frames, n):
         from lotf.selection.features import FeatureMap
 
-        rules.check_count(self.n_configurations, len(frames))
+        rules.check_count(n, len(frames))
         model, params = model_and_params(self.model)
         feature_map = FeatureMap(model, params, batch_size=self.batch_size)
         train = list(self.train_data or [])
         pool_features = feature_map(frames, desc="pool")
         train_features = feature_map(train, desc="train") if train else None
-        result = rules.max_dist_selection(pool_features, self.n_configurations, train_features)
+        result = rules.max_dist_selection(pool_features, n, train_features)
         self.distances = pd.DataFrame({"pick": np.arange(len(result.indices)), "distance": result.distances})
         return result.indices, {"n_train": len(train), "n_features": feature_map.n_features,
                                 "first_distance": float(result.distances[0]),
@@ -164,15 +178,13 @@ class UncertaintySelection(_Selection):
 
         return load_calculator(getattr(self.model, "model_dir", self.model))
 
-    def select(self, frames):
-        if self.n_configurations is None and self.threshold is None:
+    def select(self, frames, n):
+        if n is None and self.threshold is None:
             raise rules.SelectionError("UncertaintySelection: give n_configurations, threshold or both")
-        if self.n_configurations is not None:
-            rules.check_count(self.n_configurations, len(frames))
-        elif len(frames) == 0:
-            raise rules.SelectionError("cannot select from an empty pool (0 structures)")
+        if n is not None:
+            rules.check_count(n, len(frames))
         values = rules.uncertainty_values(frames, self.key, self.reduction, self._calculator())
-        ids = rules.uncertainty_selection(values, self.n_configurations, self.threshold)
+        ids = rules.uncertainty_selection(values, n, self.threshold)
         picked = np.zeros(len(frames), bool)
         picked[ids] = True
         self.uncertainties = pd.DataFrame({"frame": np.arange(len(frames)), "uncertainty": values,

@@ -48,10 +48,15 @@ def test_random_selection_node_chains_through_excluded_frames(workdir):
     everything.run()
     assert everything.excluded_frames == [] and len(everything.frames) == 8
 
-    with pytest.raises(rules.SelectionError, match=r"n_configurations=9 is larger than the pool \(8 structures\)"):
-        nodes.RandomSelection(data=test.excluded_frames, n_configurations=9, name="bad").run()
-    with pytest.raises(rules.SelectionError, match="empty pool"):
-        nodes.RandomSelection(data=[], n_configurations=1, name="empty").run()
+    # a short pool (a sampler that stopped or reset early) gives what it has and records the shortfall
+    short = nodes.RandomSelection(data=test.excluded_frames, n_configurations=9, name="short")
+    short.run()
+    assert len(short.frames) == 8 and short.metrics["n_requested"] == 9 and short.metrics["n_selected"] == 8
+    empty = nodes.RandomSelection(data=[], n_configurations=1, name="empty")
+    empty.run()
+    assert empty.frames == [] and empty.excluded_frames == [] and empty.metrics["n_selected"] == 0
+    with pytest.raises(rules.SelectionError, match="n_configurations must be >= 1"):
+        nodes.RandomSelection(data=frames, n_configurations=0, name="bad").run()
 
 
 def test_max_dist_node(workdir, frames):
@@ -80,8 +85,9 @@ def test_max_dist_node(workdir, frames):
                                fm(pool[:3], progress=False), rtol=1e-12)
     with pytest.raises(TypeError, match="model: object is neither a lotf model directory"):
         nodes.model_and_params(object())
-    with pytest.raises(rules.SelectionError, match=r"n_configurations=9 is larger than the pool \(8 structures\)"):
-        nodes.MaxDistSelection(data=pool, train_data=frames, model="model", n_configurations=9, name="x").run()
+    short = nodes.MaxDistSelection(data=pool, train_data=frames, model="model", n_configurations=9, name="x")
+    short.run()  # an NPT run that stopped early: every pool structure, the shortfall recorded
+    assert sorted(short.selected_ids) == list(range(8)) and short.metrics["n_requested"] == 9
 
 
 def test_uncertainty_node_from_stored_values_and_from_a_model(workdir, frames):
