@@ -37,11 +37,13 @@ a sharp cutoff ``cn_cutoff`` (default 40 bohr = 21.17 A) and triangles with all 
 All cutoffs are sharp (the energy steps where a pair crosses a cutoff), as in both programs.
 Units: lengths in A, energies in eV. Reference data: :func:`load_reference`.
 
-Cost (300-atom BMIM-BF4 box, 2 CPU cores): the two-body term and CN over about 1.1 million
-pairs within 20 A take about 35-40 ms per energy+forces+stress call (hand-written derivatives,
-see :class:`D3Term`); the three-body term enumerates triangles explicitly, about 1e6 triangles
-and 1.5 s per call with 7 A sides, so CP2K's full three-body range is out of reach for condensed
-phases and ``three_body_cutoff`` must be chosen (E3 is ~2 % of E2 there and not converged at 7 A).
+Cost (300-atom BMIM-BF4 box, 2 CPU cores, MD list with 1.35 million slots for 1 million pairs
+within 20 A): about 16 ms per energy+forces+stress call on a quiet machine (hand-written
+derivatives, see :class:`D3Term`): 12 ms for the single two-body pass over the pairs, 4 ms for
+finding the 2 % of pairs the coordination numbers need (within 5.2 A) at each call. The
+three-body term enumerates triangles explicitly, about 1e6 triangles and 1.5 s per call with
+7 A sides, so CP2K's full three-body range is out of reach for condensed phases and
+``three_body_cutoff`` must be chosen (E3 is ~2 % of E2 there and not converged at 7 A).
 """
 
 from __future__ import annotations
@@ -313,13 +315,10 @@ class _Rows(NamedTuple):
     """Neighbour rows (N, K) and the per-atom data the row kernels read (not differentiated)."""
 
     idx: jax.Array
-    shifts: jax.Array
+    shifts: jax.Array  # (N, K, 3)
     mask: jax.Array
     slot: jax.Array  # (N,) element slot
     structure: jax.Array  # (N,)
-
-
-_BARRIER = jax.lax.optimization_barrier  # keeps per-slot arrays materialised for several reductions
 
 
 def _row_chunk(n_rows: int, n_cols: int, target: int = 16384) -> tuple[int, int]:
@@ -328,12 +327,16 @@ def _row_chunk(n_rows: int, n_cols: int, target: int = 16384) -> tuple[int, int]
     return chunk, -(-n_rows // chunk)
 
 
-def _scan_rows(body, n_rows: int, n_cols: int):
+def _scan_rows(body, n_rows: int, n_cols: int, chunk: int | None = None):
     """Run ``body(rows) -> per-row outputs`` over chunks of rows; returns per-row outputs (N, ...).
 
     The last chunk is shifted back to end at the last row; rows it repeats are dropped.
+    ``chunk``: rows per chunk (default: :func:`_row_chunk`).
     """
-    chunk, n_chunks = _row_chunk(n_rows, n_cols)
+    if chunk is None:
+        chunk, n_chunks = _row_chunk(n_rows, n_cols)
+    else:
+        n_chunks = -(-n_rows // chunk)
 
     def step(carry, i):
         start = jnp.minimum(i * chunk, n_rows - chunk)
@@ -352,27 +355,79 @@ def _scan_rows(body, n_rows: int, n_cols: int):
     return jax.tree.map(per_row, out)
 
 
-def _chunk_vectors(positions, cells, data: _Rows, start, rows, chunk):
-    """Pair vectors (three (C, K) arrays, A), integer shifts and mask of a chunk of rows."""
-    idx = jax.lax.dynamic_slice_in_dim(data.idx, start, chunk, axis=0)
-    shifts = jax.lax.dynamic_slice_in_dim(data.shifts, start, chunk, axis=0)
-    mask = jax.lax.dynamic_slice_in_dim(data.mask, start, chunk, axis=0)
+def _used_columns(mask) -> jax.Array:
+    """() one past the last column that holds a pair in any row (lists pad rows at their end)."""
+    columns = jnp.arange(1, mask.shape[1] + 1, dtype=jnp.int32)
+    mask = jax.lax.optimization_barrier(mask)  # a graph closed over: no slow constant folding
+    return jnp.max(jnp.where(jnp.any(mask, axis=0), columns, 0))
+
+
+def _scan_row_sums(body, n_rows: int, n_cols: int, used, target: int = 16384):
+    """Per-row sums over the slots of rows (N, ...), visiting only columns below ``used``.
+
+    ``body(start, rows, col_start, fresh) -> per-row sums`` of a block of rows and of an eighth
+    of the columns from ``col_start``; ``fresh`` marks the columns this block adds (the last
+    block is shifted back to end at the last column). Neighbour rows are padded at their end
+    (a fifth of an MD list), and the blocks beyond ``used`` are skipped.
+    """
+    width = min(-(-n_cols // 64) * 8, n_cols)
+    chunk = max(1, min(n_rows, target // width))
+    n_blocks = (used + width - 1) // width
+
+    def row_chunk(start, rows):
+        def block(b, acc):
+            col_start = jnp.minimum(b * width, n_cols - width)
+            fresh = col_start + jnp.arange(width) >= b * width
+            return jax.tree.map(jnp.add, acc, body(start, rows, col_start, fresh))
+
+        shapes = jax.eval_shape(body, start, rows, 0, jnp.ones(width, bool))
+        init = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+        return jax.lax.fori_loop(0, n_blocks, block, init)
+
+    return _scan_rows(row_chunk, n_rows, n_cols, chunk)
+
+
+def _chunk_vectors(positions, cells, data: _Rows, start, rows, chunk, col_start=None, fresh=None):
+    """Pair vectors and integer shifts (three (C, K) arrays each), neighbours and mask of a chunk.
+
+    With ``col_start``, only ``len(fresh)`` columns from there; columns not ``fresh`` are masked.
+    """
+    def cut(x):
+        x = jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=0)
+        return x if col_start is None else jax.lax.dynamic_slice_in_dim(x, col_start, fresh.shape[0], axis=1)
+
+    idx, raw, mask = cut(data.idx), cut(data.shifts), cut(data.mask)
+    if fresh is not None:
+        mask = mask & fresh
+    shifts = [raw[..., a].astype(positions.dtype) for a in range(3)]
     cell = cells[data.structure[rows]]  # (C, 3, 3)
     comps = []
     for c in range(3):
         p = positions[:, c]
-        offset = sum(shifts[..., a] * cell[:, a, c][:, None] for a in range(3))
-        comps.append(p[idx] - p[rows][:, None] + offset)
+        offset = sum(shifts[a] * cell[:, a, c][:, None] for a in range(3))
+        comps.append(_take(p, idx) - p[rows][:, None] + offset)
     return comps, idx, shifts, mask
 
 
-def _cell_sums(shifts, g_comps, weight=None):
-    """Per-row sums of S_a g_b (C, 3, 3): the cell derivative of a chunk."""
-    out = []
-    for a in range(3):
-        s = shifts[..., a] if weight is None else shifts[..., a] * weight
-        out.append(jnp.stack([jnp.sum(s * g, axis=1) for g in g_comps], axis=-1))
-    return jnp.stack(out, axis=1)
+def _take(table, idx):
+    """``table[idx]`` for valid (non-negative, in range) indices: no wrapping or clamping."""
+    dims = jax.lax.GatherDimensionNumbers(offset_dims=tuple(range(idx.ndim, idx.ndim + table.ndim - 1)),
+                                          collapsed_slice_dims=(0,), start_index_map=(0,))
+    return jax.lax.gather(table, idx[..., None], dims, (1,) + table.shape[1:],
+                          mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _row_sums(parts):
+    """Row sums (axis 1) of several (C, K) arrays in one reduction (one pass over the slots)."""
+    parts = tuple(parts)
+    zeros = tuple(jnp.zeros((), x.dtype) for x in parts)
+    return jax.lax.reduce(parts, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), (1,))
+
+
+def _cell_sums(shifts, g_comps):
+    """Per-row sums of S_a g_b (C, 3, 3), the cell derivative of a chunk, in one reduction."""
+    sums = _row_sums([s * g for s in shifts for g in g_comps])
+    return jnp.stack(sums, axis=-1).reshape(-1, 3, 3)
 
 
 class D3Term:
@@ -383,21 +438,23 @@ class D3Term:
     of the pair, CN and three-body cutoffs, A); pairs beyond each cutoff are masked here.
 
     Two implementations, same numbers (tested to 1e-13): ``implementation="auto"`` runs
-    cache-sized chunks of rows through kernels with hand-written derivatives (custom VJP):
+    cache-sized blocks of rows through kernels with hand-written derivatives (custom VJP):
     per-atom sums are row reductions, forces use the symmetry of the full list so nothing is
-    scattered over pairs, and the two-body forward pass already forms the derivative sums that
-    the backward pass scales (one pass over the pairs per energy+forces+stress call; 25x faster
-    than autodiff for 1.1 million pairs). ``"reference"`` is plain autodiff over flat pairs (the
-    cross-check). Three-body triangles always use autodiff. ``cn_columns``: see :meth:`_row_cn`.
+    scattered over pairs, and the two-body forward pass already forms all derivative sums (in
+    one reduction) that the backward pass scales: one pass over the pairs per
+    energy+forces+stress call, skipping the padded end of the rows, and no cell sums when the
+    cell is not differentiated. The coordination numbers read only the pairs within
+    ``cn_cutoff``, found at each call (:meth:`_row_cn`). ``"reference"`` is plain autodiff over
+    flat pairs (the cross-check). Three-body triangles always use autodiff.
 
     ``elements`` (atomic numbers) restricts the tables to the elements present (cheaper C6
     lookups); every element of the graph must then be listed. None: all 94. ``cn_cutoff`` None:
     with "cp2k" the range of CP2K's counting function for these elements (15 A for all 94),
     with "dftd3" 40 bohr.
 
-    Speed in MD: sort neighbour rows by distance at every list rebuild
-    (:func:`sort_rows_by_distance`) and set ``cn_columns``; otherwise the coordination numbers
-    read every pair of the (long) list, which costs about as much as the two-body term.
+    Lists sorted by distance at each rebuild (:func:`sort_rows_by_distance`, as
+    :class:`~lotf.potential.d3_calculator.D3Calculator` does) may set ``cn_columns`` and skip
+    the search for the coordination pairs; MD lists need nothing.
 
     Three-body triangles are enumerated inside the energy function from the pair list (jit-safe,
     static capacities ``max_legs``, ``max_triplets``; see :meth:`three_body_sizes`); energies
@@ -570,51 +627,177 @@ class D3Term:
     def _row_cn(self, params: D3Params, positions, cells, data: _Rows):
         """(N,) coordination numbers over neighbour rows, with a hand-written VJP.
 
-        With ``cn_columns`` set, only the first columns are read: the caller guarantees that rows
-        were sorted by distance at build time and that every pair within ``cn_cutoff`` (plus the
-        list's skin) sits in them, as :class:`~lotf.potential.d3_calculator.D3Calculator` does.
+        The counting function reaches ``cn_cutoff`` (5.2 A for CP2K's convention with H-F), far
+        shorter than a 20 A dispersion list, so the pairs within it are gathered first: one pass
+        over every slot computes distances only (:meth:`_near_columns`), and the CN and its
+        derivative then read those few columns per row. A row holding more such pairs than the
+        columns kept (:meth:`_cn_capacity`) makes this call use the full rows instead (same
+        numbers, slower). With ``cn_columns`` set, only the first columns are read: the caller
+        guarantees that rows were sorted by distance at build time and that every pair within
+        ``cn_cutoff`` (plus the list's skin) sits in them, as
+        :class:`~lotf.potential.d3_calculator.D3Calculator` does.
         """
+        columns = None
         if self.cn_columns is not None and self.cn_columns < data.idx.shape[1]:
             c = self.cn_columns
             data = data._replace(idx=data.idx[:, :c], shifts=data.shifts[:, :c], mask=data.mask[:, :c])
-        n, k = data.idx.shape
-        chunk, _ = _row_chunk(n, k)
-        rcov = params.rcov
+        elif self.cn_columns is None:
+            columns = self._cn_capacity(data.idx.shape[1])
+        value, grad, factor_shape = self._row_cn_kernels(params)
 
-        def pieces(pos, cell, start, rows):
-            comps, idx, shifts, mask = _chunk_vectors(pos, cell, data, start, rows, chunk)
-            r2 = sum(c * c for c in comps)
-            r2 = jnp.where(mask, r2, 1.0e6)
-            dist = jnp.sqrt(r2)
-            rco = rcov[data.slot[rows]][:, None] + rcov[data.slot[idx]]
-            count, dcount = self._count(dist / BOHR, rco)
-            m = self._cn_mask(mask, dist, count)
-            return comps, idx, shifts, m, dist, jnp.where(m, count, 0.0), jnp.where(m, dcount / BOHR, 0.0)
+        def forward(pos, cell):
+            """CN, the per-slot derivative factors of the rows used, and those rows."""
+            if columns is None:
+                return (*value(data, pos, cell), None)
+            near, overflow = self._near_columns(pos, cell, data, columns)
+
+            def full_rows():  # their derivative factors are recomputed in the backward pass
+                return value(data, pos, cell)[0], jnp.zeros(factor_shape(near), pos.dtype)
+
+            cn, factor = jax.lax.cond(overflow, full_rows, lambda: value(near, pos, cell))
+            return cn, factor, (near, overflow)
 
         @jax.custom_vjp
         def cn_fn(pos, cell):
-            return _scan_rows(lambda start, rows: jnp.sum(pieces(pos, cell, start, rows)[5], axis=1), n, k)
+            return forward(pos, cell)[0]
 
         def fwd(pos, cell):
-            return cn_fn(pos, cell), (pos, cell)
+            with_cell = cell.perturbed
+            pos, cell = pos.value, cell.value
+            cn, factor, rows = forward(pos, cell)
+            return cn, (pos, cell, factor, rows, with_cell)
 
         def bwd(res, lam):
-            pos, cell = res
+            pos, cell, factor, rows, with_cell = res
+            if isinstance(lam, jax.custom_derivatives.SymbolicZero):
+                lam = jnp.zeros(lam.shape, lam.dtype)
+            if rows is None:
+                return grad(data, pos, cell, lam, factor, with_cell)
+            near, overflow = rows
+            return jax.lax.cond(overflow, lambda: grad(data, pos, cell, lam, None, with_cell),
+                                lambda: grad(near, pos, cell, lam, factor, with_cell))
 
-            def body(start, rows):
-                comps, idx, shifts, _, dist, _, dcount = pieces(pos, cell, start, rows)
+        cn_fn.defvjp(fwd, bwd, symbolic_zeros=True)
+        return cn_fn(positions, cells)
+
+    def _cn_capacity(self, n_cols: int) -> int | None:
+        """Columns kept per row for the pairs within ``cn_cutoff`` (found at every call).
+
+        Three times a row's share of the pairs within ``cn_cutoff`` at uniform density (``n_cols``
+        is sized for ``list_cutoff``), plus 16; None when that is not much shorter than a row.
+        """
+        share = (min(self.cn_cutoff, self.list_cutoff) / self.list_cutoff) ** 3
+        columns = -(-(int(3.0 * share * n_cols) + 16) // 8) * 8
+        return columns if 2 * columns <= n_cols else None
+
+    def _near_columns(self, positions, cells, data: _Rows, columns: int) -> tuple[_Rows, jax.Array]:
+        """The rows cut to ``columns`` slots holding every pair within ``cn_cutoff`` (slot order kept).
+
+        One pass over all slots computes distances only; ``top_k`` then picks the first
+        ``columns / 2`` pairs of neighbouring slots that hold a pair within ``cn_cutoff`` (near
+        pairs cluster in the list's order, so this needs fewer picks than single slots). Rows
+        with fewer are filled with slots beyond ``cn_cutoff``, which the CN kernels mask.
+        ``overflow``: some row may hold more (the caller then takes the full rows).
+        """
+        n, k = data.idx.shape
+        block = 2
+        n_blocks = -(-k // block)
+        kept = columns // block
+        # a hair beyond cn_cutoff, so that the kernels' own test (dist <= cn_cutoff) decides
+        radius2 = (self.cn_cutoff * (1.0 + 1e-9) + 1e-9) ** 2
+        rank = -jnp.arange(n_blocks, dtype=jnp.float32)
+        chunk = max(1, min(n, (1 << 21) // k))  # big chunks: few, well-vectorised loops
+
+        def body(start, rows):
+            comps, _, _, mask = _chunk_vectors(positions, cells, data, start, rows, chunk)
+            near = mask & (sum(c * c for c in comps) <= radius2)
+            near = jnp.any(jnp.pad(near, ((0, 0), (0, n_blocks * block - k))).reshape(chunk, n_blocks, block), axis=2)
+            # the earliest blocks holding a near pair; nothing else reads top_k's outputs, so XLA
+            # runs its CPU TopK kernel instead of a full sort
+            blocks = jax.lax.top_k(jnp.where(near, rank, -float(n_blocks)), kept)[1]
+            cols = (blocks[:, :, None] * block + jnp.arange(block)).reshape(chunk, -1)
+            return cols.astype(jnp.float32), (jnp.sum(near, axis=1) >= kept).astype(jnp.float32)
+
+        cols, full = _scan_rows(body, n, k, chunk)  # small integers, exact in float32
+        cols = cols.astype(jnp.int32)
+        real = cols < k  # the padding slot of a last, half-filled block is no slot
+        cols = jnp.where(real, cols, 0)
+        near = data._replace(idx=jnp.take_along_axis(data.idx, cols, axis=1),
+                             mask=jnp.take_along_axis(data.mask, cols, axis=1) & real,
+                             shifts=jnp.take_along_axis(data.shifts, cols[..., None], axis=1))
+        return near, jnp.any(full > 0)
+
+    def _row_cn_kernels(self, params: D3Params):
+        """``value(rows, pos, cell) -> (CN, factors)``, ``grad(rows, pos, cell, lam, factors,
+        with_cell) -> (d_pos, d_cell)`` and ``factor_shape(rows)``. The factors, c'(r) / r per
+        slot in chunks of rows, are kept from the forward pass so that the backward pass needs
+        no exponentials (None: recompute them); d_cell is None unless ``with_cell``."""
+        rcov = params.rcov
+
+        def geometry(data, pos, cell, start, rows, chunk):
+            comps, idx, shifts, mask = _chunk_vectors(pos, cell, data, start, rows, chunk)
+            dist = jnp.sqrt(jnp.where(mask, sum(c * c for c in comps), 1.0e6))
+            return comps, idx, shifts, mask, dist
+
+        def counts(data, mask, dist, rows, idx):
+            rco = rcov[data.slot[rows]][:, None] + _take(rcov[data.slot], idx)
+            count, dcount = self._count(dist / BOHR, rco)
+            m = self._cn_mask(mask, dist, count)
+            return jnp.where(m, count, 0.0), jnp.where(m, dcount / (BOHR * dist), 0.0)
+
+        def chunks(data):
+            n, k = data.idx.shape
+            chunk, n_chunks = _row_chunk(n, k)
+            starts = jnp.minimum(jnp.arange(n_chunks) * chunk, n - chunk)
+            fresh = jnp.arange(n_chunks)[:, None] * chunk <= starts[:, None] + jnp.arange(chunk)
+            return n, k, chunk, starts, fresh
+
+        def factor_shape(data):
+            _, k, chunk, starts, _ = chunks(data)
+            return starts.shape[0], chunk, k
+
+        def value(data, pos, cell):
+            n, k, chunk, starts, fresh = chunks(data)
+
+            def step(_, x):
+                start, keep = x
+                rows = start + jnp.arange(chunk)
+                _, idx, _, mask, dist = geometry(data, pos, cell, start, rows, chunk)
+                count, factor = counts(data, mask, dist, rows, idx)
+                return None, (jnp.where(keep, jnp.sum(count, axis=1), 0.0), factor)
+
+            _, (cn, factor) = jax.lax.scan(step, None, (starts, fresh))
+            rows = (starts[:, None] + jnp.arange(chunk)).reshape(-1)
+            return jnp.zeros(n, pos.dtype).at[rows].add(cn.reshape(-1)), factor
+
+        def grad(data, pos, cell, lam, factor, with_cell):
+            n, k, chunk, starts, fresh = chunks(data)
+
+            def step(_, x):
+                start, keep, f = x
+                rows = start + jnp.arange(chunk)
+                comps, idx, shifts, mask, dist = geometry(data, pos, cell, start, rows, chunk)
+                if f is None:
+                    f = counts(data, mask, dist, rows, idx)[1]
                 # d sum_i lam_i CN_i / d vec_ik = lam_i c'(r) vec / r; the reverse pair adds lam_j
-                f_own = lam[rows][:, None] * dcount / dist
-                f_both = f_own + lam[idx] * dcount / dist
-                d_pos = jnp.stack([-jnp.sum(f_both * c, axis=1) for c in comps], axis=-1)
-                return d_pos, _cell_sums(shifts, [f_own * c for c in comps])
+                f_own = jnp.where(keep[:, None], lam[rows][:, None] * f, 0.0)
+                f_both = f_own + jnp.where(keep[:, None], _take(lam, idx) * f, 0.0)
+                sums = _row_sums([f_both * c for c in comps])
+                d_cell = _cell_sums(shifts, [f_own * c for c in comps]) if with_cell else None
+                return None, (-jnp.stack(sums, axis=-1), d_cell)
 
-            d_pos, d_cell_rows = _scan_rows(body, n, k)
-            d_cell = jax.ops.segment_sum(d_cell_rows, data.structure, num_segments=cell.shape[0])
+            xs = (starts, fresh, factor) if factor is not None else (starts, fresh)
+            step_ = step if factor is not None else (lambda c, x: step(c, (*x, None)))
+            _, (d_pos, d_cell) = jax.lax.scan(step_, None, xs)
+            rows = (starts[:, None] + jnp.arange(chunk)).reshape(-1)
+            d_pos = jnp.zeros((n, 3), pos.dtype).at[rows].add(d_pos.reshape(-1, 3))
+            if not with_cell:
+                return d_pos, None
+            structure = data.structure[rows]
+            d_cell = jax.ops.segment_sum(d_cell.reshape(-1, 3, 3), structure, num_segments=cell.shape[0])
             return d_pos, d_cell
 
-        cn_fn.defvjp(fwd, bwd)
-        return cn_fn(positions, cells)
+        return value, grad, factor_shape
 
     def _row_two_body(self, params: D3Params, positions, cells, w, data: _Rows):
         """(B,) two-body energies (Hartree) over neighbour rows, with a hand-written VJP.
@@ -622,65 +805,105 @@ class D3Term:
         E = 1/2 sum_i sum_k e(r_ik); with a full list the pair (i, j) appears in both rows, so
         dE/dR_m = -2 sum_k dE/dvec_mk and dE/dw_m = sum_k g_mk v[j, s_m] (g: the C6-free factor);
         dE/dcell = sum over all slots of S (x) dE/dvec. The energy is linear in its cotangent,
-        so the forward pass stores these sums at unit cotangent and the backward pass scales them.
+        so the forward pass forms these sums at unit cotangent (one pass over the pairs, all row
+        sums in one reduction) and the backward pass scales them. The cell sums are skipped when
+        the cell is not differentiated (MD steps without virial).
         """
         n, k = data.idx.shape
-        chunk, _ = _row_chunk(n, k)
-        tables = self._pair_tables(params)
         n_structures = cells.shape[0]
-
         n_slots = params.c6.shape[0]
+        s6, s8 = params.damping[0], params.damping[1]
+        bj, srb_pre, srb_exp = self._pair_tables(params)
+        srb = self.short_range_correction
+        # pair constants looked up by (neighbour atom j, element slot of the row atom), as v is
+        pair_tab = [bj[:, data.slot, c].T for c in range(3)]  # R0^6, R0^8, 3 Q_i Q_j
+        if srb:
+            pair_tab += [srb_pre[:, data.slot].T, srb_exp[:, data.slot].T]
+        pair_tab = jnp.stack(pair_tab, axis=-1).reshape(n * n_slots, -1)
+        cutoff2, bohr2 = self.cutoff**2, BOHR**2
 
-        def pieces(pos, cell, w_, v, start, rows):
-            comps, idx, shifts, mask = _chunk_vectors(pos, cell, data, start, rows, chunk)
+        used = _used_columns(data.mask)
+
+        def terms(pos, cell, w_, v, start, rows, col_start, fresh):
+            """Per slot: vectors, shifts, C6, the C6-free factor g, dE/dvec = half * vec, SRB energy."""
+            comps, idx, shifts, mask = _chunk_vectors(pos, cell, data, start, rows, rows.shape[0], col_start, fresh)
             r2 = sum(c * c for c in comps)
-            m = mask & (r2 <= self.cutoff**2)
-            r2 = jnp.where(m, r2, 1.0e6)
-            dist = jnp.sqrt(r2)
-            si = data.slot[rows][:, None]
-            sj = data.slot[idx]
-            v_pair = v.reshape(-1, MAX_REFERENCES)[idx * n_slots + si]  # v[j, s_i]: (C, K, 5)
-            c6 = jnp.einsum("ca,cka->ck", w_[rows], v_pair)
-            e, de, g = self._pair_energy(params, tables, c6, si, sj, dist / BOHR)
-            e, de, g = (jnp.where(m, x, 0.0) for x in (e, de / BOHR, g))
-            return comps, shifts, m, dist, e, de, g, v_pair
+            m = mask & (r2 <= cutoff2)
+            at = idx * n_slots + data.slot[rows][:, None]
+            v_pair = _take(v.reshape(-1, MAX_REFERENCES), at)  # v[j, s_i]: (C, K, 5)
+            tab = _take(pair_tab, at)
+            c6 = sum(w_[rows, a][:, None] * v_pair[..., a] for a in range(MAX_REFERENCES))
+            x = jnp.where(m, r2, 1.0) / bohr2  # r^2 in bohr^2
+            x3 = x * x * x
+            a = 1.0 / (x3 + tab[..., 0])
+            b = 1.0 / (x3 * x + tab[..., 1])
+            q = tab[..., 2]
+            g = jnp.where(m, -(s6 * a + s8 * q * b), 0.0)
+            # e = c6 g(r); half = (de/dr) / (2 r) in Hartree/A^2, with r^5 a^2 / r = x^2 a^2 etc.
+            half = jnp.where(m, c6 * (3.0 * s6 * x * x * a * a + 4.0 * s8 * q * x3 * b * b), 0.0) / bohr2
+            e_srb = None
+            if srb:  # CP2K applies its SRB below 30 bohr only
+                r = jnp.sqrt(x)
+                e_srb = jnp.where(m & (r < 30.0), -tab[..., 3] * jnp.exp(-tab[..., 4] * r), 0.0)
+                half = half - 0.5 * tab[..., 4] * e_srb / (r * bohr2)
+            return comps, shifts, v_pair, c6, g, half, e_srb
 
         def energy_rows(pos, cell, w_):
             v = self._v(params, data.slot, w_)
-            return _scan_rows(lambda start, rows: 0.5 * jnp.sum(pieces(pos, cell, w_, v, start, rows)[4], axis=1), n, k)
 
-        def all_rows(pos, cell, w_):
+            def body(start, rows, col_start, fresh):
+                _, _, _, c6, g, _, e_srb = terms(pos, cell, w_, v, start, rows, col_start, fresh)
+                return 0.5 * jnp.sum(c6 * g if e_srb is None else c6 * g + e_srb, axis=1)
+
+            return _scan_row_sums(body, n, k, used)
+
+        def all_rows(pos, cell, w_, with_cell: bool):
             """Row energies and the row sums of every derivative at unit cotangent, in one pass."""
             v = self._v(params, data.slot, w_)
 
-            def body(start, rows):
-                comps, shifts, _, dist, e, de, g, v_pair = pieces(pos, cell, w_, v, start, rows)
-                half = 0.5 * de / dist  # dE/dvec_ik = half * vec
+            def body(start, rows, col_start, fresh):
+                comps, shifts, v_pair, _, g, half, e_srb = terms(pos, cell, w_, v, start, rows, col_start, fresh)
                 grads = [half * c for c in comps]
-                grads, g, v_pair, e = _BARRIER((grads, g, v_pair, e))  # materialise once, reduce many
-                d_pos = jnp.stack([-2.0 * jnp.sum(x, axis=1) for x in grads], axis=-1)
-                d_w = jnp.einsum("ck,cka->ca", g, v_pair)
-                return 0.5 * jnp.sum(e, axis=1), d_pos, _cell_sums(shifts, grads), d_w
+                parts = [g * v_pair[..., a] for a in range(MAX_REFERENCES)] + grads
+                if with_cell:
+                    parts += [shift * grad for shift in shifts for grad in grads]
+                if e_srb is not None:
+                    parts.append(e_srb)
+                sums = _row_sums(parts)
+                d_w = jnp.stack(sums[:MAX_REFERENCES], axis=-1)
+                d_pos = -2.0 * jnp.stack(sums[MAX_REFERENCES:MAX_REFERENCES + 3], axis=-1)
+                d_cell = jnp.stack(sums[MAX_REFERENCES + 3:MAX_REFERENCES + 12], axis=-1).reshape(-1, 3, 3) \
+                    if with_cell else jnp.zeros((rows.shape[0], 3, 3), pos.dtype)
+                e_srb = 0.5 * sums[-1] if e_srb is not None else jnp.zeros(rows.shape[0], pos.dtype)
+                return e_srb, d_pos, d_cell, d_w
 
-            return _scan_rows(body, n, k)
+            e_srb, d_pos, d_cell, d_w = _scan_row_sums(body, n, k, used)
+            # sum_k c6 g = w_i . sum_k g v[j, s_i]
+            return 0.5 * jnp.sum(w_ * d_w, axis=1) + e_srb, d_pos, d_cell, d_w
 
         @jax.custom_vjp
         def energy_fn(pos, cell, w_):
             return jax.ops.segment_sum(energy_rows(pos, cell, w_), data.structure, num_segments=n_structures)
 
         def fwd(pos, cell, w_):
-            rows_e, d_pos, d_cell, d_w = all_rows(pos, cell, w_)
+            with_cell = cell.perturbed
+            pos, cell, w_ = pos.value, cell.value, w_.value
+            rows_e, d_pos, d_cell, d_w = all_rows(pos, cell, w_, with_cell)
             energy = jax.ops.segment_sum(rows_e, data.structure, num_segments=n_structures)
-            return energy, (d_pos, d_cell, d_w)
+            return energy, (d_pos, d_cell if with_cell else None, d_w)
 
         def bwd(res, e_bar):
             # the energy is linear in its cotangent: scale the unit-cotangent sums of the forward
             d_pos, d_cell, d_w = res
+            if isinstance(e_bar, jax.custom_derivatives.SymbolicZero):
+                e_bar = jnp.zeros(e_bar.shape, e_bar.dtype)
             scale = e_bar[data.structure]
-            d_cell = jax.ops.segment_sum(scale[:, None, None] * d_cell, data.structure, num_segments=n_structures)
+            if d_cell is not None:
+                d_cell = jax.ops.segment_sum(scale[:, None, None] * d_cell, data.structure,
+                                             num_segments=n_structures)
             return scale[:, None] * d_pos, d_cell, scale[:, None] * d_w
 
-        energy_fn.defvjp(fwd, bwd)
+        energy_fn.defvjp(fwd, bwd, symbolic_zeros=True)
         return energy_fn(positions, cells, w)
 
     # -- reference path (plain autodiff over flat pairs) -------------------------------------------
@@ -802,7 +1025,8 @@ class D3Term:
 
     @staticmethod
     def _row_data(graph, slot) -> _Rows:
-        return _Rows(jnp.asarray(graph.neighbors), jnp.asarray(graph.shifts), jnp.asarray(graph.pair_mask), slot,
+        shifts = jnp.asarray(graph.shifts)
+        return _Rows(jnp.asarray(graph.neighbors), shifts, jnp.asarray(graph.pair_mask), slot,
                      jnp.asarray(graph.structure))
 
     def coordination_numbers(self, params: D3Params, graph) -> jax.Array:

@@ -245,8 +245,10 @@ def d3_energy_term(elements: Sequence[int], functional: str | BJParams = "b97-3c
     """D3(BJ) two-body dispersion as an :class:`~lotf.potential.calculator.EnergyTerm` (hybrid MLP+D3).
 
     The same numbers as :class:`D3Calculator` with these options (``cn_cutoff``, ``convention``,
-    ``short_range_correction``, ``parameter_file``), for the elements listed. The three-body term
-    is not offered here: it needs fixed triangle capacities, which MD cannot know in advance.
+    ``short_range_correction``, ``parameter_file``), for the elements listed. The term takes the
+    MD's unsorted neighbour rows as they are: the coordination numbers find their few pairs
+    (within ``cn_cutoff``) in the long list at each call. The three-body term is not offered
+    here: it needs fixed triangle capacities, which MD cannot know in advance.
     """
     from lotf.potential.calculator import EnergyTerm
 

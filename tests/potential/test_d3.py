@@ -239,6 +239,64 @@ def test_fast_kernels_equal_plain_autodiff():
     assert np.allclose(np.asarray(members["forces"]), a["forces"], rtol=0, atol=1e-12)
 
 
+def test_long_list_gathers_the_coordination_pairs(monkeypatch):
+    """A 20 A list: the CN reads only the pairs within cn_cutoff, gathered at each call. Same
+    numbers as the full rows and plain autodiff, also for rows of odd width in any slot order,
+    when a row holds more such pairs than the columns kept (the call then takes the full rows),
+    and for forces without the virial (MD steps between frames)."""
+    atoms = periodic()
+    atoms.positions[3] += [0.2, -0.1, 0.3]
+    term = D3Term(B97_3C, cutoff=20.0, short_range_correction=True, elements=(1, 5, 6, 7, 9))  # CN: 5.2 A
+    evaluate = Evaluator(term, atoms)
+    graph, params = evaluate.graph, evaluate.params
+    n_cols = graph.neighbors.shape[1]
+    columns = term._cn_capacity(n_cols)
+    assert columns is not None and 2 * columns <= n_cols  # the gathered path is taken
+    data = term._row_data(graph, params.lookup[graph.numbers])
+    near, overflow = term._near_columns(graph.positions, graph.cells, data, columns)
+    assert not bool(overflow) and near.idx.shape == (len(atoms), columns)
+    out = evaluate()
+    full = Evaluator(term.replace(cn_columns=n_cols), atoms)()  # every column of every row
+    ref = predict(term.replace(implementation="reference"), atoms)
+    for other in (full, ref):
+        assert out["energy"][0] == pytest.approx(other["energy"][0], rel=1e-13)
+        assert np.allclose(out["forces"], other["forces"], rtol=0, atol=1e-11)
+        assert np.allclose(out["stress"], other["stress"], rtol=0, atol=1e-13)
+    assert np.allclose(np.asarray(term.coordination_numbers(params, graph)),
+                       np.asarray(term.replace(implementation="reference").coordination_numbers(params, graph)),
+                       rtol=0, atol=1e-13)
+
+    def forces_only(t):  # the cell is not differentiated: no cell sums
+        energy = lambda r: t.structure_energies(params, graph._replace(positions=r))[0]  # noqa: E731
+        return -np.asarray(jax.jit(jax.grad(energy))(graph.positions))
+
+    assert np.allclose(forces_only(term), out["forces"], rtol=0, atol=1e-12)
+    # rows of odd width, padded slots dropped, slots in any order: a near pair in the last column
+    width = n_cols - 5
+    idx, shifts, mask = (np.array(x) for x in (graph.neighbors, graph.shifts, graph.pair_mask))
+    assert not mask[:, width:].any()
+    idx, shifts, mask = idx[:, :width], shifts[:, :width], mask[:, :width]
+    vec = atoms.positions[idx] - atoms.positions[:, None] + shifts @ atoms.cell.array
+    near = mask & (np.linalg.norm(vec, axis=-1) < term.cn_cutoff)
+    rows = np.arange(len(atoms))
+    first = np.argmax(near, axis=1)
+    for x in (idx, shifts, mask):
+        x[rows, first], x[rows, -1] = x[rows, -1].copy(), x[rows, first].copy()
+    narrow = graph._replace(neighbors=jax.numpy.asarray(idx), shifts=jax.numpy.asarray(shifts),
+                            pair_mask=jax.numpy.asarray(mask))
+    assert term._cn_capacity(width) is not None
+    shuffled = jax.jit(make_predict([term.structure_energies], members=False))([params], [narrow])
+    assert float(shuffled["energy"][0]) == pytest.approx(out["energy"][0], rel=1e-13)
+    assert np.allclose(np.asarray(shuffled["forces"]), out["forces"], rtol=0, atol=1e-12)
+    monkeypatch.setattr(D3Term, "_cn_capacity", lambda self, n: 8)  # fewer columns than near pairs
+    assert bool(term._near_columns(graph.positions, graph.cells, data, 8)[1])
+    small = Evaluator(term.replace(), atoms)()
+    assert small["energy"][0] == pytest.approx(out["energy"][0], rel=1e-13)
+    assert np.allclose(small["forces"], out["forces"], rtol=0, atol=1e-11)
+    assert np.allclose(small["stress"], out["stress"], rtol=0, atol=1e-13)
+    assert np.allclose(forces_only(term.replace()), out["forces"], rtol=0, atol=1e-12)
+
+
 # -- independent programs -----------------------------------------------------------------------
 
 
