@@ -1,0 +1,40 @@
+"""Ground-truth comparisons: RDF deviation, D ratio, temperature and stability of a run."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lotf.analysis.validation import compare_run, rdf_max_abs_dev
+
+
+def rdf_table(r, g):
+    return pd.DataFrame({"O-O": g}, index=pd.Index(r, name="r"))
+
+
+def test_rdf_deviation_on_the_reference_grid():
+    r = np.linspace(0.05, 6.0, 120)
+    ref = rdf_table(r, 1 + np.exp(-((r - 2.8) ** 2) / 0.02))
+    shifted = rdf_table(r + 0.1, 1 + np.exp(-((r - 2.8) ** 2) / 0.02))  # the peak moves by 0.1 Å
+    same = rdf_max_abs_dev(ref, ref, "O-O")
+    assert same == 0.0
+    moved = rdf_max_abs_dev(shifted, ref, "O-O")
+    expected = np.max(np.abs(np.interp(r[r <= 6.0], r + 0.1, shifted["O-O"]) - ref["O-O"]))
+    assert moved == pytest.approx(expected) and moved > 0.3
+    # a coarser candidate grid is interpolated, not compared bin by bin
+    broad = lambda x: 1 + np.exp(-((x - 2.8) ** 2) / 0.5)  # noqa: E731
+    assert rdf_max_abs_dev(rdf_table(r[::3], broad(r[::3])), rdf_table(r, broad(r)), "O-O") < 0.01
+    with pytest.raises(KeyError, match="candidate RDF has no pair H-H"):
+        rdf_max_abs_dev(ref, ref, "H-H")
+
+
+def test_compare_run_reports_ratio_temperature_and_stability():
+    md = {"temperature_mean_K": 296.0, "steps_done": 30_000, "stopped": 1, "stop_reason": "bond_graph"}
+    diffusion = {"com:H2O": {"D_A2_per_ns": 180.0}}
+    r = np.linspace(0.05, 6.0, 60)
+    table = rdf_table(r, np.ones_like(r))
+    out = compare_run(md, diffusion, table, reference_D=240.0, reference_rdf=rdf_table(r, np.ones_like(r) * 1.1),
+                      group="com:H2O", pair="O-O", target_temperature=300.0, timestep_fs=0.5)
+    assert out["D_ratio"] == pytest.approx(0.75)
+    assert out["T_dev_K"] == pytest.approx(-4.0)
+    assert out["stable_ps"] == pytest.approx(15.0) and out["stop_reason"] == "bond_graph"
+    assert out["rdf_max_abs_dev"] == pytest.approx(0.1)
