@@ -43,7 +43,7 @@ def test_train_node_runs_and_loads_with_from_rev(repo):
     assert Path("dvc.yaml").exists() and "TrainModel" in Path("dvc.yaml").read_text()
     loaded = zntrack.from_rev(model.name)
     assert loaded.metrics["n_train"] == 6 and loaded.metrics["n_val"] == 2
-    assert list(loaded.learning_curve["epoch"]) == [1, 2, 3]
+    assert list(loaded.learning_curve["epoch"]) == [0, 1, 2, 3]  # epoch 0: the starting parameters
     calc = loaded.get_calculator()
     atoms = loaded.validation_data[0].copy()
     calc.calculate(atoms, ["energy", "forces"])
