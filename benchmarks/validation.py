@@ -36,7 +36,8 @@ def water_summary(directory: Path) -> dict:
         out[f"water_{bias}_test_forces_mae"] = float(table["test_forces_mae"].iloc[-1])
         if bias == "md":  # both workflows start from the same bootstrap model
             out["water_test_forces_mae_first"] = float(table["test_forces_mae"].iloc[0])
-    best = min(finals, key=lambda b: finals[b].get("rdf_max_abs_dev", float("inf")))
+    deviation = {b: finals[b].get("rdf_max_abs_dev") for b in finals}
+    best = min(finals, key=lambda b: deviation[b] if deviation[b] == deviation[b] else float("inf"))  # NaN last
     out.update(water_best=best, water_rdf_max_abs_dev=finals[best].get("rdf_max_abs_dev"),
                water_T_mean_K=finals[best]["T_mean_K"], water_stable_ps=finals[best]["stable_ps"],
                water_test_forces_mae_last=out[f"water_{best}_test_forces_mae"])

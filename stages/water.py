@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zntrack
 
-from lotf.nodes import MaxDistSelection, RandomSelection, TrainModel
+from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
 from lotf.nodes.analysis import RDF, Diffusion, ObservableTrend
 from lotf.nodes.frames import MergeFrames
 from lotf.nodes.production import ProductionMD
@@ -34,20 +34,22 @@ EXPERIMENTAL_D = 241.0  # Å²/ns at 300 K, as quoted by seed 2 (data/experiment
 VISCOSITY_300K = 0.854  # mPa s, for the Yeh-Hummer correction (same table)
 
 
-def sampling(steps: int, rate: int, bias: str, erbs_interval_fs: float, checks=SAFE_SAMPLING) -> dict:
+def sampling(steps: int, rate: int, bias: str, erbs_interval_fs: float, checks=SAFE_SAMPLING,
+             erbs_barrier: float = 0.5) -> dict:
     base = {"method": "md", "ensemble": "nvt", "thermostat": "berendsen", "thermostat_params": {"tau": 500.0},
             "temperature": 300.0, "timestep": TIMESTEP, "steps": steps, "sampling_rate": rate,
             "checks": checks, "on_trigger": "reset"}
     if bias == "erbs":  # a kernel every 5 ps, ΔE 0.5 eV/atom, bandwidth 1.0, 3 principal components
         base["method"] = "erbs"
-        base["bias"] = {"interval": int(round(erbs_interval_fs / TIMESTEP)), "barrier": 0.5, "per_atom": True,
+        base["bias"] = {"interval": int(round(erbs_interval_fs / TIMESTEP)), "barrier": erbs_barrier, "per_atom": True,
                         "bandwidth": 1.0, "n_components": 3}
     return base
 
 
 def iterations(bias: str, n_iter: int, steps: int, rate: int, n_val: int, n_train: int, erbs_interval_fs: float,
-               checks=SAFE_SAMPLING):
-    return [{"name": f"AL{k}", "start": "bootstrap", "sampling": sampling(steps, rate, bias, erbs_interval_fs, checks),
+               checks=SAFE_SAMPLING, erbs_barrier: float = 0.5):
+    return [{"name": f"AL{k}", "start": "bootstrap",
+             "sampling": sampling(steps, rate, bias, erbs_interval_fs, checks, erbs_barrier),
              "n_select": n_train, "n_validation": n_val} for k in range(1, n_iter + 1)]
 
 
@@ -72,13 +74,17 @@ PROFILES = {
     # reference's own MD (test set at 300 and 400 K; the truth run) and the comparison
     "oracle": dict(molecules=32, n_bootstrap=100, b0_train=20, b0_val=6, b1_train=10,
                    reference={"forcefield": "water", "cutoff": 4.8},
-                   model="models/water_oracle.yaml", overrides={}, n_iter=2, steps=4000, rate=20, n_val=2,
-                   n_train=10, erbs_interval_fs=250.0, checks=[{"kind": "forces_uncertainty", "max_value": 2.0}],
+                   model="models/water_oracle.yaml", overrides={}, n_iter=2, steps=3000, rate=20, n_val=2,
+                   # the paper's 0.5 eV/atom barrier with a kernel every 5 ps; our 2 ps runs deposit a
+                   # kernel every 1 ps, so the barrier is scaled down (0.5 eV/atom tore the box apart)
+                   n_train=10, erbs_interval_fs=1000.0, erbs_barrier=0.05,
+                   checks=[{"kind": "forces_uncertainty", "max_value": 2.0}, {"kind": "bond_graph"}],
                    bootstrap={"translation": 0.25},
                    truth=dict(steps=20_000, equilibration_steps=4000, interval=20, test_temperatures=[300.0, 400.0],
-                              test_steps=4000, n_test=15),
-                   production=dict(molecules=32, equilibration_steps=2000, steps=20_000, rate=20, max_lag_ps=3.0,
-                                   fit_window_ps=[1.0, 3.0], group="com:H2O", thermostat="nose_hoover", rdf=True)),
+                              test_steps=4000, n_test=15, xtb_check=1),
+                   production=dict(molecules=32, equilibration_steps=1000, steps=10_000, rate=20, max_lag_ps=2.0,
+                                   fit_window_ps=[0.5, 2.0], group="com:H2O", thermostat="nose_hoover", rdf=True,
+                                   first_and_last_only=True)),
 }
 
 
@@ -86,7 +92,8 @@ def build(project: zntrack.Project, profile: str) -> None:
     check_profile(NAME, profile, PROFILES)
     p = PROFILES[profile]
     branches = {bias: iterations(bias, p["n_iter"], p["steps"], p["rate"], p["n_val"], p["n_train"],
-                                 p["erbs_interval_fs"], p.get("checks", SAFE_SAMPLING)) for bias in ("md", "erbs")}
+                                 p["erbs_interval_fs"], p.get("checks", SAFE_SAMPLING), p.get("erbs_barrier", 0.5))
+                for bias in ("md", "erbs")}
     for rows in branches.values():
         for row in rows:
             check_row(NAME, row)
@@ -148,6 +155,9 @@ def _truth(project: zntrack.Project, p: dict, box, label) -> dict:
             picks.append(RandomSelection(data=run.frames, n_configurations=t["n_test"], seed=k,
                                          name=f"Test{temperature:.0f}KPick").frames)
         test = label(MergeFrames(data=picks, name="TestPool").frames, name="TestSet")
+        if t.get("xtb_check"):  # keeps the DFT path exercised: real CP2K (GFN1-xTB) on a test structure
+            xtb_pick = RandomSelection(data=test.frames, n_configurations=t["xtb_check"], seed=0, name="XTBPick")
+            CP2KLabel(data=xtb_pick.frames, settings="data/cp2k/test-xtb.yaml", name="XTBCheck")
         truth = ReferenceMD(data=box.frames, temperature=300.0, steps=t["steps"],
                             equilibration_steps=t["equilibration_steps"], seed=0, name="NVT300K", **md)
         rdf = RDF(data=truth, pairs=["O-O"], name="RDF")
@@ -157,15 +167,18 @@ def _truth(project: zntrack.Project, p: dict, box, label) -> dict:
 
 
 def _oracle_production(project: zntrack.Project, q: dict, truth: dict, models: dict) -> None:
-    """Every iteration's model in NVT at 300 K from the truth run's last frame (same system and
-    size as the reference run), D per iteration against the reference's D, and every model's
-    MD side by side with the reference (D, O-O RDF, temperature, stability)."""
+    """Every iteration's model (``first_and_last_only``: the bootstrap and final models) in NVT at
+    300 K from the truth run's last frame (same system and size as the reference run), D per
+    iteration against the reference's D, and every model's MD side by side with the reference
+    (D, O-O RDF, temperature, time before a molecule breaks)."""
     run = dict(temperature=300.0, timestep=TIMESTEP, thermostat=q["thermostat"], density=None,
                equilibration_steps=q["equilibration_steps"], steps=q["steps"], sampling_rate=q["rate"], seed=0,
                checks=[{"kind": "bond_graph"}])
     done: dict[str, tuple] = {}
     series, steps, trend_nodes = [], [], []
     for bias, entries in models.items():
+        if q.get("first_and_last_only"):  # the bootstrap model and the final one of each workflow
+            entries = [entries[0], entries[-1]]
         for name, model in entries:
             key = name if name == entries[0][0] else f"{bias}-{name}"
             if key not in done:

@@ -12,6 +12,7 @@ the campaign's dvc.yaml can add ``plots`` entries for the columns it wants.
 
 from __future__ import annotations
 
+import logging
 import os
 import typing as t
 from pathlib import Path
@@ -29,6 +30,8 @@ from lotf.analysis import metrics as metrics_lib
 from lotf.analysis import plots
 from lotf.analysis.io import SourceLike, read_frame, read_info
 from lotf.analysis.rdf import compute_rdf
+
+log = logging.getLogger(__name__)
 
 _FILE_ATTRIBUTES = ("traj_file", "trajectory_file", "trajectory", "frames_path", "file")
 
@@ -68,6 +71,25 @@ def resolve_source(data: t.Any, file_index: int = 0) -> SourceLike:
     )
 
 
+def _frame_count(source) -> int:
+    """Frames of a trajectory; 0 for a file a run that stopped at once left without frames."""
+    if isinstance(source, list):
+        return len(source)
+    try:
+        return read_info(source).n_frames
+    except ValueError as error:
+        if "no 'particles' group" in str(error):
+            return 0
+        raise
+
+
+def _stopped_run_placeholder(node, n_frames: int, figure: Path) -> None:
+    """Outputs of an analysis node whose run left fewer than 2 frames (an MD run that broke at once)."""
+    log.warning("%s: the trajectory has %d frame(s); nothing to analyse", node.name, n_frames)
+    node.nwd.mkdir(parents=True, exist_ok=True)
+    Path(figure).write_bytes(b"")
+
+
 class RDF(zntrack.Node):
     """g(r) of every element pair and the all-atom total; ``pairs`` (e.g. ``["B-B", "B-N"]``)
     selects what the figure and the metrics show.  ``rdf.csv`` holds all pairs."""
@@ -85,6 +107,13 @@ class RDF(zntrack.Node):
     metrics: dict = zntrack.metrics()
 
     def run(self) -> None:
+        n_frames = _frame_count(resolve_source(self.data))
+        if n_frames < 2:
+            _stopped_run_placeholder(self, n_frames, self.figure)
+            columns = {"-".join(sorted(p.split("-"))): [np.nan] for p in (self.pairs or [])}
+            self.rdf = pd.DataFrame({"r": [np.nan], **columns}).set_index("r")
+            self.metrics = {"n_frames": n_frames}
+            return
         res = compute_rdf(
             resolve_source(self.data),
             self.r_max,
@@ -138,6 +167,13 @@ class Diffusion(zntrack.Node):
 
     def run(self) -> None:
         source = resolve_source(self.data)
+        n_frames = _frame_count(source)
+        if n_frames < 2:
+            _stopped_run_placeholder(self, n_frames, self.figure)
+            pd.DataFrame({"lag_ps": []}).to_csv(self.msd_file, index=False)
+            nan = {"D_A2_per_ns": np.nan, "D_sem_A2_per_ns": np.nan, "D_yeh_hummer_A2_per_ns": np.nan}
+            self.metrics = {**{g: dict(nan) for g in (self.groups or [])}, "n_frames": n_frames}
+            return
         first = read_frame(source, self.start)
         groups = self.groups or default_groups(first)
         results = diffusion_lib.compute_msd(

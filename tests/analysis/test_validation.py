@@ -38,3 +38,23 @@ def test_compare_run_reports_ratio_temperature_and_stability():
     assert out["T_dev_K"] == pytest.approx(-4.0)
     assert out["stable_ps"] == pytest.approx(15.0) and out["stop_reason"] == "bond_graph"
     assert out["rdf_max_abs_dev"] == pytest.approx(0.1)
+
+
+def test_rdf_and_diffusion_nodes_record_a_run_that_left_no_frames(tmp_path, monkeypatch):
+    import h5py
+
+    from lotf.nodes.analysis import RDF, Diffusion
+
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "frames.h5"
+    h5py.File(empty, "w").close()  # what ProductionMD leaves when its first check stops it
+    rdf = RDF(data=str(empty), pairs=["O-O"], name="rdf")
+    rdf.run()
+    assert rdf.metrics == {"n_frames": 0} and list(rdf.rdf.columns) == ["O-O"]
+    diffusion = Diffusion(data=str(empty), groups=["com:H2O"], name="diffusion")
+    diffusion.run()
+    assert diffusion.metrics["n_frames"] == 0 and np.isnan(diffusion.metrics["com:H2O"]["D_A2_per_ns"])
+    out = compare_run({"steps_done": 20, "stopped": 1, "stop_reason": "bond_graph"}, diffusion.metrics, rdf.rdf,
+                      reference_D=240.0, reference_rdf=rdf_table(np.linspace(0.1, 5, 50), np.ones(50)),
+                      group="com:H2O", pair="O-O", target_temperature=300.0, timestep_fs=0.5)
+    assert np.isnan(out["D_ratio"]) and out["stable_ps"] == pytest.approx(0.01)
