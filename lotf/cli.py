@@ -234,20 +234,25 @@ def bench_cp2k():
 
 
 DEMO_HELP = (
-    "Run the smoke campaigns end to end in a fresh git + DVC project in DIRECTORY.\n\n"
-    "Copies stages/, models/ and data/ there, builds the smoke profile and runs 'dvc repro' (real GROMACS, "
-    "CP2K and JAX), then prints a table per campaign and the production observables and writes reports "
-    "with plots. A second run reuses DVC's cache. The smoke models see only a handful of structures, so "
-    "the numbers show that the pipeline runs, not physics."
+    "Run a campaign end to end in a fresh git + DVC project in DIRECTORY.\n\n"
+    "Copies stages/, models/ and data/ there, builds the profile and runs 'dvc repro', then prints a table "
+    "per campaign and the observables and writes reports with plots. A second run reuses DVC's cache. "
+    "The default, the water campaign's oracle profile, labels with the SPC/Fw force field (OpenMM, plus one "
+    "CP2K xTB stage) and ends with the final models' MD against the force field's own MD: D, O-O RDF and "
+    "temperature. '--profile smoke' runs the smoke campaigns (real GROMACS, CP2K and JAX; tiny models whose "
+    "numbers show that the pipeline runs, not physics)."
 )
 
 
-@app.command(help=DEMO_HELP, short_help="Run the smoke campaigns end to end in a git + DVC project.")
-def demo(directory: Path = typer.Argument(Path("lotf-demo"), help="working directory for the demo")):
+@app.command(help=DEMO_HELP, short_help="Run a campaign end to end in a git + DVC project (default: water oracle).")
+def demo(directory: Path = typer.Argument(Path("lotf-demo"), help="working directory for the demo"),
+         profile: str = typer.Option("oracle", help="oracle (water against its force-field truth) or smoke"),
+         campaign: Optional[list[str]] = typer.Option(None, help="campaigns to run (default: water for oracle, "
+                                                                 "all for smoke)")):
     """See DEMO_HELP (lotf.demo.run_demo)."""
     from lotf.demo import run_demo
 
-    run_demo(directory)
+    run_demo(directory, campaign or None, profile)
 
 
 _EXPECTED = (CommandError, ValueError, OSError, RuntimeError, KeyError)

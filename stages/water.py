@@ -82,8 +82,8 @@ PROFILES = {
                    bootstrap={"translation": 0.25},
                    truth=dict(steps=20_000, equilibration_steps=4000, interval=20, test_temperatures=[300.0, 400.0],
                               test_steps=4000, n_test=15, xtb_check=1),
-                   production=dict(molecules=32, equilibration_steps=1000, steps=10_000, rate=20, max_lag_ps=2.0,
-                                   fit_window_ps=[0.5, 2.0], group="com:H2O", thermostat="nose_hoover", rdf=True,
+                   production=dict(molecules=32, equilibration_steps=1000, steps=10_000, rate=20, max_lag_ps=0.9,
+                                   fit_window_ps=[0.3, 0.9], group="com:H2O", thermostat="nose_hoover", rdf=True,
                                    first_and_last_only=True)),
 }
 

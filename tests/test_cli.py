@@ -125,12 +125,12 @@ def test_unexpected_errors_are_one_line_too(monkeypatch, capsys, tmp_path):
         cli.main()
 
 
-def test_demo_help_describes_the_smoke_campaign_demo():
+def test_demo_help_describes_the_oracle_and_smoke_demos():
     result = CliRunner().invoke(cli.app, ["demo", "--help"])
     assert result.exit_code == 0
     text = " ".join(result.output.split())
-    assert "Run the smoke campaigns end to end in a fresh git + DVC project" in text
-    assert "dvc repro" in text and "GROMACS, CP2K and JAX" in text
+    assert "Run a campaign end to end in a fresh git + DVC project" in text
+    assert "oracle profile" in text and "SPC/Fw" in text and "--profile smoke" in text
     assert "predict" not in text.lower()  # the old train-and-predict demo is gone
     overview = " ".join(CliRunner().invoke(cli.app, ["--help"]).output.split())
-    assert "Run the smoke campaigns end to end" in overview
+    assert "Run a campaign end to end" in overview

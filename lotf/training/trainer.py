@@ -318,15 +318,24 @@ def refit_shift(params, predicted: dict[str, np.ndarray], dataset: Dataset, conf
     counts, when the labels' energy zero moved.
 
     "auto" refits when that fit moves energies (RMS over structures) by more than
-    ``config.refit_shift_threshold`` meV/atom *and* by more than 3x the energy RMSE the model
-    reached on its own training data (``previous_rmse``): a model's own bias is not a new zero.
+    ``config.refit_shift_threshold`` meV/atom, by more than 3x the energy RMSE the model reached
+    on its own training data (``previous_rmse``: a model's own bias is not a new zero), and when
+    it explains most of the residuals (their RMS at least halves): a new zero moves every
+    structure alike, while a model that is off only on the new structures of an iteration is a
+    model error for training to fix, not a reason to move the energies of all the others.
     Returns (params, the RMS move in meV/atom, whether the shift was refitted).
     """
     n_species = params["shift"].shape[-2]
     counts = statistics.element_counts([s.species for s in dataset.items], n_species)
-    delta = statistics.regression_shift(predicted["re"] - predicted["pe"], counts, config.shift_regularisation)
-    offset = 1e3 * float(np.sqrt(np.mean(((counts @ delta) / predicted["na"]) ** 2)))
-    if config.refit_shift == "auto" and offset <= max(config.refit_shift_threshold, 3.0 * previous_rmse):
+    residual = predicted["re"] - predicted["pe"]
+    delta = statistics.regression_shift(residual, counts, config.shift_regularisation)
+    moved = (counts @ delta) / predicted["na"]
+    offset = 1e3 * float(np.sqrt(np.mean(moved**2)))
+    before = float(np.sqrt(np.mean((residual / predicted["na"]) ** 2)))
+    after = float(np.sqrt(np.mean((residual / predicted["na"] - moved) ** 2)))
+    systematic = after <= 0.5 * before
+    if config.refit_shift == "auto" and (offset <= max(config.refit_shift_threshold, 3.0 * previous_rmse)
+                                         or not systematic):
         return params, offset, False
     params = dict(params)
     params["shift"] = params["shift"] + jnp.asarray(delta)[:, None]  # broadcasts over (K, S, 1) too

@@ -249,3 +249,25 @@ def test_partial_last_batch_and_non_periodic_frames_train_finitely(frames, tmp_p
         mols.append(mol)
     result = train(mols, mols[:1], {**TINY, "r_max": 3.0}, config, tmp_path / "mol")
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
+
+
+def test_shift_refit_needs_a_move_of_every_structure():
+    from types import SimpleNamespace
+
+    from lotf.training.trainer import refit_shift
+
+    rng = np.random.default_rng(0)
+    n = np.full(20, 96.0)
+    items = [SimpleNamespace(species=np.array([0] * 32 + [1] * 64)) for _ in n]  # water: fixed composition
+    params = {"shift": jnp.zeros((2, 1))}
+    config = TrainConfig()
+    reference = rng.normal(size=20)
+    # a new zero: every structure 30 meV/atom lower, 1 meV/atom scatter -> refitted
+    new_zero = {"re": reference, "pe": reference + 96 * (0.030 + 0.001 * rng.normal(size=20)), "na": n}
+    moved, offset, refitted = refit_shift(params, new_zero, SimpleNamespace(items=items), config, previous_rmse=1.0)
+    assert refitted and offset == pytest.approx(30, abs=2)
+    # the model is 60 meV/atom off on the 4 new structures only (out of distribution) -> kept
+    off = np.where(np.arange(20) < 4, 0.060, 0.0) + 0.001 * rng.normal(size=20)
+    new_data = {"re": reference, "pe": reference + 96 * off, "na": n}
+    kept, offset, refitted = refit_shift(params, new_data, SimpleNamespace(items=items), config, previous_rmse=1.0)
+    assert not refitted and offset > 5.0 and kept is params
