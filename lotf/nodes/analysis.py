@@ -168,7 +168,7 @@ class Diffusion(zntrack.Node):
     def run(self) -> None:
         source = resolve_source(self.data)
         n_frames = _frame_count(source)
-        if n_frames < 2:
+        if n_frames < 2 or not self._enough_frames(source, n_frames):
             _stopped_run_placeholder(self, n_frames, self.figure)
             pd.DataFrame({"lag_ps": []}).to_csv(self.msd_file, index=False)
             nan = {"D_A2_per_ns": np.nan, "D_sem_A2_per_ns": np.nan, "D_yeh_hummer_A2_per_ns": np.nan}
@@ -215,6 +215,18 @@ class Diffusion(zntrack.Node):
         pd.concat(frames, axis=1).reset_index().to_csv(self.msd_file, index=False)
         plots.plot_msd(results, self.figure, fits)
         self.metrics = metrics
+
+
+    def _enough_frames(self, source, n_frames: int) -> bool:
+        """False when ``max_lag_ps`` does not fit into a block: an MD run that stopped early (a
+        broken molecule) and left a short trajectory is recorded with NaN, not an error."""
+        dt = self.timestep_fs if self.timestep_fs is not None else (
+            None if isinstance(source, list) else read_info(source).timestep_fs)
+        if self.max_lag_ps is None or not dt:
+            return True
+        selected = len(range(self.start, n_frames if self.stop is None else min(self.stop, n_frames), self.stride))
+        max_lag = int(round(1000.0 * self.max_lag_ps / (dt * self.stride)))
+        return selected // self.n_blocks > max_lag
 
 
 def default_groups(atoms: ase.Atoms) -> list[str]:

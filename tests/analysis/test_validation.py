@@ -58,3 +58,23 @@ def test_rdf_and_diffusion_nodes_record_a_run_that_left_no_frames(tmp_path, monk
                       reference_D=240.0, reference_rdf=rdf_table(np.linspace(0.1, 5, 50), np.ones(50)),
                       group="com:H2O", pair="O-O", target_temperature=300.0, timestep_fs=0.5)
     assert np.isnan(out["D_ratio"]) and out["stable_ps"] == pytest.approx(0.01)
+
+
+def test_diffusion_of_a_run_that_stopped_early_is_recorded_not_an_error(tmp_path, monkeypatch):
+    from lotf.analysis.io import write_h5md_like_znh5md
+    from lotf.nodes.analysis import Diffusion
+
+    monkeypatch.chdir(tmp_path)
+    # 14 frames 20 fs apart (a run that broke a molecule early): far too short for a 0.9 ps lag
+    rng = np.random.default_rng(0)
+    water = np.array([[0, 0, 0], [0.96, 0, 0], [0, 0.96, 0]]) + 4.0
+    positions = water[None] + np.cumsum(rng.normal(scale=0.05, size=(14, 1, 3)), axis=0)
+    cells = np.repeat(9.0 * np.eye(3)[None], 14, axis=0)
+    path = write_h5md_like_znh5md(tmp_path / "short.h5", np.array([8, 1, 1]), 14, iter([(positions, cells)]),
+                                  timestep_fs=20.0)
+    short = Diffusion(data=str(path), groups=["com:H2O"], max_lag_ps=0.9, n_blocks=5, name="short")
+    short.run()
+    assert short.metrics["n_frames"] == 14 and np.isnan(short.metrics["com:H2O"]["D_A2_per_ns"])
+    fits = Diffusion(data=str(path), groups=["com:H2O"], max_lag_ps=0.2, n_blocks=1, name="fits")
+    fits.run()
+    assert np.isfinite(fits.metrics["com:H2O"]["D_A2_per_ns"])
