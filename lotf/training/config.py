@@ -56,14 +56,16 @@ class TrainConfig:
     # warm start: Adam's moments start at zero, so its first steps are full-size in every
     # direction and throw a converged model away (val loss x4 after one epoch, measured); a
     # linear warm-up over warmup_epochs keeps it (+8 % at most) and the full rates then adapt to
-    # new data fastest (lotf bench warmstart; README "Training"). warm_start_epochs (0: epochs)
-    # is the budget of a warm-started run, warm_start_lr_factor scales its rates.
+    # new data fastest (lotf bench warmstart; README "Warm starts keep the model").
+    # warm_start_epochs (0: epochs) is the budget of a warm-started run, warm_start_lr_factor
+    # scales its rates.
     warm_start_lr_factor: float = 1.0
     warmup_epochs: int = 2
     warm_start_epochs: int = 0
-    # warm start: refit the per-element shift when the labels' energy zero moved ("auto": when the
-    # ridge fit of the model's residuals moves energies by more than refit_shift_threshold meV/atom,
-    # as when DFT+D3 labels become DFT labels), "always" or "never"
+    # warm start: refit the per-element shift when the labels' energy zero moved, as when DFT+D3
+    # labels become DFT labels ("auto": when the ridge fit of the model's residuals moves energies
+    # by more than refit_shift_threshold meV/atom and 3x the model's training RMSE, and halves the
+    # residuals; see trainer.refit_shift), "always" or "never"
     refit_shift: str = "auto"
     refit_shift_threshold: float = 5.0
     patience: int = 0  # stop after this many epochs without improvement; 0 disables
