@@ -328,6 +328,14 @@ class ArrheniusPlot(zntrack.Node):
             sub = sub.sort_values("T_K")
             err = sub["D_sem_A2_per_ns"].to_numpy()
             simulated[g] = (sub["T_K"].to_numpy(), sub["D_A2_per_ns"].to_numpy(), err)
+            # a run that broke (NaN) or an unphysical extrapolation (D <= 0) has no logarithm:
+            # the fit uses the other temperatures, and the dropped ones are named in the metrics
+            usable = np.isfinite(sub["D_A2_per_ns"].to_numpy()) & (sub["D_A2_per_ns"].to_numpy() > 0)
+            if not usable.all():
+                dropped = [float(t) for t in sub["T_K"].to_numpy()[~usable]]
+                log.warning("%s: %s: no positive D at %s K; left out of the fit", self.name, g, dropped)
+                metrics[g] = {"dropped_T_K": dropped}
+                sub, err = sub[usable], err[usable]
             if len(sub) >= 2:
                 ok = np.all(np.isfinite(err) & (err > 0))
                 fit = diffusion_lib.arrhenius_fit(
@@ -335,6 +343,7 @@ class ArrheniusPlot(zntrack.Node):
                 )
                 fits[g] = fit
                 metrics[g] = {
+                    **metrics.get(g, {}),
                     "Ea_kJ_mol": fit.activation_energy_kj_mol,
                     "Ea_err_kJ_mol": fit.activation_energy_err,
                 }

@@ -347,3 +347,21 @@ def test_experimental_density_extends_one_kelvin():
     assert experimental_density(t0) == pytest.approx(r0)
     with pytest.raises(ValueError, match="outside the table range"):
         experimental_density(270.0)
+
+
+def test_arrhenius_node_leaves_out_temperatures_without_a_positive_d(workdir):
+    def fake(name, T, D):
+        return types.SimpleNamespace(
+            name=name, metrics={"temperature_K": T, "B": {"D_A2_per_ns": D, "D_sem_A2_per_ns": 1.0}}
+        )
+
+    # a run that broke (NaN) and an unphysical extrapolation (negative) are named, not fitted
+    runs = [fake("a", 300.0, 40.0), fake("b", 330.0, float("nan")), fake("c", 360.0, 90.0), fake("d", 390.0, -5.0)]
+    arr = nodes.ArrheniusPlot(diffusions=runs, groups=["B"])
+    arr.run()
+    assert arr.metrics["B"]["dropped_T_K"] == [330.0, 390.0]
+    ea = 8.314462618e-3 * np.log(90.0 / 40.0) / (1 / 300.0 - 1 / 360.0)
+    assert arr.metrics["B"]["Ea_kJ_mol"] == pytest.approx(ea, rel=1e-6)
+    alone = nodes.ArrheniusPlot(diffusions=runs[1:3], groups=["B"], name="alone")
+    alone.run()  # one usable temperature: nothing to fit, no error
+    assert alone.metrics["B"] == {"dropped_T_K": [330.0]}
