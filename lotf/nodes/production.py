@@ -70,6 +70,27 @@ def _load_atoms(path: Path) -> ase.Atoms:
     return atoms
 
 
+def trajectory_averages(path) -> dict:
+    """Mean temperature (and density, periodic runs) of a stored trajectory, read without loading
+    positions; empty when the run left no frames. Shared by every MD node's metrics."""
+    import h5py
+
+    from lotf.analysis.io import read_cells, read_info
+
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        if "observables" not in f:
+            return {}
+        group = next(iter(f["observables"]))
+        temperature = np.asarray(f[f"observables/{group}/temperature/value"])
+    out = {"temperature_mean_K": float(temperature.mean())}
+    info = read_info(path)
+    if info.has_cell and info.pbc.all():
+        volumes = np.abs(np.linalg.det(read_cells(path)))
+        out["density_mean_g_cm3"] = float(np.mean(info.masses.sum() / volumes) * AMU_PER_A3_TO_G_PER_CM3)
+    return out
+
+
 class ProductionMD(zntrack.Node):
     """Compress (optional) -> NVT equilibration -> production; frames every ``sampling_rate`` steps.
 
@@ -183,23 +204,7 @@ class ProductionMD(zntrack.Node):
         }
 
     def _averages(self) -> dict:
-        """Mean temperature and density of the production frames, read without loading positions."""
-        import h5py
-
-        from lotf.analysis.io import read_cells, read_info
-
-        path = Path(self.frames_path)
-        with h5py.File(path, "r") as f:
-            if "observables" not in f:
-                return {}
-            group = next(iter(f["observables"]))
-            temperature = np.asarray(f[f"observables/{group}/temperature/value"])
-        out = {"temperature_mean_K": float(temperature.mean())}
-        info = read_info(path)
-        if info.has_cell and info.pbc.all():
-            volumes = np.abs(np.linalg.det(read_cells(path)))
-            out["density_mean_g_cm3"] = float(np.mean(info.masses.sum() / volumes) * AMU_PER_A3_TO_G_PER_CM3)
-        return out
+        return trajectory_averages(self.frames_path)
 
     @property
     def frames(self) -> list[ase.Atoms]:

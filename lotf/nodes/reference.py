@@ -134,22 +134,9 @@ class ReferenceMD(zntrack.Node):
         }
 
     def _averages(self) -> dict:
-        """Mean temperature and density of the frames (read without loading positions)."""
-        import h5py
+        from lotf.nodes.production import trajectory_averages
 
-        from lotf.analysis.io import read_cells, read_info
-        from lotf.reference.forcefield import AMU_PER_A3_TO_G_PER_CM3
-
-        path = Path(self.frames_path)
-        with h5py.File(path, "r") as f:
-            if "observables" not in f:
-                return {}
-            group = next(iter(f["observables"]))
-            temperature = np.asarray(f[f"observables/{group}/temperature/value"])
-        info = read_info(path)
-        volumes = np.abs(np.linalg.det(read_cells(path)))
-        return {"temperature_mean_K": float(temperature.mean()),
-                "density_mean_g_cm3": float(np.mean(info.masses.sum() / volumes) * AMU_PER_A3_TO_G_PER_CM3)}
+        return trajectory_averages(self.frames_path)
 
     @property
     def frames(self) -> list[ase.Atoms]:
