@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import ase
-import numpy as np
 import zntrack
 
 from lotf.nodes.frames import flatten, read_h5md
