@@ -80,7 +80,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from tqdm.auto import tqdm
 
-from lotf.reference.labelling import LabelReport, ResultStore, structure_key
+from lotf.reference.labelling import LabelReport, ResultStore, collect_labelled, structure_key
 
 __all__ = [
     "EV_IN_KJ_PER_MOL",
@@ -970,14 +970,7 @@ def label_frames(
             bar.update(1)
     finally:
         bar.close()
-    labelled = []
-    for i, (atoms, key) in enumerate(zip(frames, keys)):
-        rec = records.get(key)
-        if rec is not None and rec["status"] == "ok":
-            labelled.append(_attach(atoms, rec))
-        else:
-            report.failures.append({"index": i, "reason": rec["reason"] if rec else "not computed", "key": key})
-    report.n_ok, report.n_failed = len(labelled), len(report.failures)
+    labelled = collect_labelled(frames, keys, records, _attach, report)
     report.wall_s = time.perf_counter() - t0
     if report.n_failed:
         log.warning("force field: %d of %d structures failed", report.n_failed, report.n_total)

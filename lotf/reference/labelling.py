@@ -352,15 +352,7 @@ def label_frames(
     finally:
         bar.close()
 
-    labelled = []
-    for i, (atoms, key) in enumerate(zip(frames, keys)):
-        rec = records.get(key)
-        if rec is not None and rec["status"] == "ok":
-            labelled.append(attach_results(atoms, rec))
-        else:
-            reason = rec["reason"] if rec is not None else errors.get(key, "not computed")
-            report.failures.append({"index": i, "reason": reason, "key": key})
-    report.n_ok, report.n_failed = len(labelled), len(report.failures)
+    labelled = collect_labelled(frames, keys, records, attach_results, report, errors)
     report.wall_s = time.perf_counter() - t0
     if report.n_failed:
         log.warning("CP2K: %d of %d structures failed", report.n_failed, report.n_total)
@@ -402,6 +394,22 @@ def _run_dask(pending, settings, store, options, cluster_cfg, chunk_size, bar, e
 
 # --------------------------------------------------------------------------------------------
 # files
+
+
+def collect_labelled(frames: list[Atoms], keys: list[str], records: Mapping[str, dict], attach: Callable,
+                     report: LabelReport, errors: Mapping[str, str] | None = None) -> list[Atoms]:
+    """Frames with their results attached, in input order; every other frame becomes a failure
+    of ``report`` with its reason (shared by every reference's labeller)."""
+    labelled = []
+    for i, (atoms, key) in enumerate(zip(frames, keys)):
+        rec = records.get(key)
+        if rec is not None and rec["status"] == "ok":
+            labelled.append(attach(atoms, rec))
+        else:
+            reason = rec["reason"] if rec is not None else (errors or {}).get(key, "not computed")
+            report.failures.append({"index": i, "reason": reason, "key": key})
+    report.n_ok, report.n_failed = len(labelled), len(report.failures)
+    return labelled
 
 
 def read_frames(path: str | Path) -> list[Atoms]:
