@@ -30,6 +30,7 @@ from lotf.analysis import metrics as metrics_lib
 from lotf.analysis import plots
 from lotf.analysis.io import SourceLike, read_frame, read_info
 from lotf.analysis.rdf import compute_rdf
+from lotf.nodes.revision import from_other_revision, local_path
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ def resolve_source(data: t.Any, file_index: int = 0) -> SourceLike:
         if not isinstance(value, (str, os.PathLike)):
             continue
         path = Path(value)
+        if from_other_revision(data):  # loaded with from_rev: that revision's file, not the workspace's
+            try:
+                path = local_path(data, path)
+            except FileNotFoundError:
+                continue
         if path.is_dir():
             files = sorted(path.glob("*.h5"))
             if files:

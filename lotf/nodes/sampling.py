@@ -44,10 +44,10 @@ def _base_potential(model: Any):
     from lotf.dynamics.potential import AseBase, JaxBase
     from lotf.potential.calculator import LotfCalculator
 
-    if isinstance(model, (str, Path)):
-        return JaxBase.from_model_dir(model)
-    model_dir = getattr(model, "model_dir", None)
-    if model_dir is not None and Path(model_dir).is_dir():
+    from lotf.nodes.revision import model_directory
+
+    model_dir = model_directory(model)  # a node of another revision: that revision's model
+    if model_dir is not None:
         return JaxBase.from_model_dir(model_dir)
     if hasattr(model, "get_calculator"):
         calc = model.get_calculator()

@@ -29,9 +29,11 @@ def scratch_root() -> Path:
 
 def model_fingerprint(model: Any) -> str:
     """Content hash of a model directory (or the model's name when it has none)."""
-    model_dir = getattr(model, "model_dir", model)
+    from lotf.nodes.revision import model_directory
+
+    model_dir = model_directory(model)  # a node of another revision: that revision's files
     digest = hashlib.sha256()
-    if isinstance(model_dir, (str, os.PathLike)) and Path(model_dir).is_dir():
+    if model_dir is not None and model_dir.is_dir():
         for path in sorted(Path(model_dir).rglob("*")):
             if path.is_file():
                 digest.update(path.name.encode())

@@ -31,12 +31,13 @@ class TrainModel(zntrack.Node):
                                                  y_label="loss", title="learning curve")
 
     def run(self) -> None:
+        from lotf.nodes.revision import local_path
         from lotf.training.config import load_preset
         from lotf.training.trainer import train
 
         model_cfg, train_cfg = load_preset(self.config, self.overrides)
         train_cfg.progress = True
-        init = self.init_from.model_dir if self.init_from is not None else None
+        init = local_path(self.init_from, self.init_from.model_dir) if self.init_from is not None else None
         from lotf.nodes.frames import flatten
 
         result = train(flatten(self.data), flatten(self.validation_data), model_cfg, train_cfg, self.model_dir,
@@ -46,15 +47,8 @@ class TrainModel(zntrack.Node):
 
     def get_calculator(self, directory=None, **options) -> LotfCalculator:
         """ASE calculator of the trained model (IPSuite's NodeWithCalculator protocol)."""
-        import tempfile
-
+        from lotf.nodes.revision import local_path
         from lotf.potential.io import load_calculator
 
-        path = Path(self.model_dir)
-        if not path.is_dir():  # loaded with from_rev from another revision: copy out of DVC's fs
-            target = Path(tempfile.mkdtemp(prefix="lotf-model-"))
-            for name in ("config.yaml", "params.msgpack"):
-                with self.state.fs.open(str(path / name), "rb") as src:
-                    (target / name).write_bytes(src.read())
-            path = target
-        return load_calculator(path, **options)
+        # a node loaded from another revision reads that revision's model, never the workspace's
+        return load_calculator(local_path(self, self.model_dir), **options)
