@@ -182,10 +182,23 @@ def bench_validation(directory: Optional[Path] = typer.Option(None, help="where 
 
 @app.command()
 def build(campaigns: list[str] = typer.Argument(None, help="campaigns to build (default: all)"),
-          profile: str = typer.Option("paper", help="paper (the seeds' settings) or smoke (tiny, for CI/demo)")):
-    """Write dvc.yaml, params.yaml and zntrack.json for the campaigns in stages/."""
-    from lotf.build import build as build_campaigns
+          profile: str = typer.Option("paper", help="paper (the seeds' settings) or smoke (tiny, for CI/demo)"),
+          out: Optional[Path] = typer.Option(None, "--out", help="build in this separate git + DVC project "
+                                                                 "(stages/, models/, data/ are copied there)"),
+          force: bool = typer.Option(False, "--force", help="replace a committed graph with a non-paper build")):
+    """Write dvc.yaml, params.yaml and zntrack.json for the campaigns in stages/.
 
+    The committed graph is the paper profile of every campaign; any other build where dvc.yaml is
+    committed is refused unless --force: use --out DIR to build it elsewhere.
+    """
+    from lotf.build import build as build_campaigns
+    from lotf.build import build_into, check_target
+
+    if out is not None:
+        names = build_into(out, campaigns or None, profile)
+        typer.echo(f"built {', '.join(names)} ({profile}) in {out}")
+        return
+    check_target(".", campaigns or None, profile, force)
     names = build_campaigns(campaigns or None, profile)
     typer.echo(f"built {', '.join(names)} ({profile})")
 
