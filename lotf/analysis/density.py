@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 from scipy import constants
 
-from lotf.analysis.diffusion import EXPERIMENTAL_DIR
 from lotf.analysis.io import SourceLike, iter_chunks, read_info
 from lotf.analysis.statistics import block_average, blocking
 
@@ -96,10 +95,17 @@ def density_estimate(
 def load_experimental_density(
     name: str = "bmim_bf4_density", directory: Path | None = None
 ) -> pd.DataFrame:
-    """Columns ``T_K`` and ``density_g_cm3`` from ``data/experimental/<name>.csv``."""
-    path = Path(directory or EXPERIMENTAL_DIR) / f"{name}.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"experimental table not found: {path}")
+    """Columns ``T_K`` and ``density_g_cm3`` of an experimental table: a path
+    (``data/experimental/<name>.csv`` relative to the project), a bare name in
+    ``data/experimental``, or ``<directory>/<name>.csv``."""
+    if directory is not None:
+        path = Path(directory) / f"{name}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"experimental table not found: {path}")
+    else:
+        from lotf.inputs import experimental_table
+
+        path = experimental_table(name)
     return pd.read_csv(path, comment="#")
 
 

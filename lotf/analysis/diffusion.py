@@ -693,10 +693,17 @@ def arrhenius_fit(
 def load_experimental_diffusion(
     name: str = "bmim_bf4_self_diffusion", directory: Path | None = None
 ) -> pd.DataFrame:
-    """An experimental table from ``data/experimental/<name>.csv`` (``#`` lines = citation)."""
-    path = Path(directory or EXPERIMENTAL_DIR) / f"{name}.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"experimental table not found: {path}")
+    """An experimental table (``#`` lines = citation): a path (``data/experimental/<name>.csv``
+    relative to the project, as the nodes declare it a dependency), a bare name in
+    ``data/experimental``, or ``<directory>/<name>.csv``."""
+    if directory is not None:
+        path = Path(directory) / f"{name}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"experimental table not found: {path}")
+    else:
+        from lotf.inputs import experimental_table
+
+        path = experimental_table(name)
     return pd.read_csv(path, comment="#")
 
 

@@ -298,13 +298,14 @@ class ArrheniusPlot(zntrack.Node):
     :class:`BoxSizeExtrapolation`) nodes against experiment.
 
     ``experimental`` maps a group label to a ``species`` of the experimental table, e.g.
-    ``{"B": "BF4-", "com:C8H15N2": "BMIM+"}``.
+    ``{"B": "BF4-", "com:C8H15N2": "BMIM+"}``; ``table`` is that table, a DVC dependency given
+    relative to the project (the default is seed 1's BMIM-BF4 table).
     """
 
     diffusions: list = zntrack.deps()
     groups: list[str] = zntrack.params()
     experimental: dict[str, str] | None = zntrack.params(None)
-    table: str = zntrack.params("bmim_bf4_self_diffusion")
+    table: str = zntrack.deps_path("data/experimental/bmim_bf4_self_diffusion.csv")
     use_yeh_hummer: bool = zntrack.params(False)
 
     data_file: Path = zntrack.plots_path(zntrack.nwd / "arrhenius.csv")
@@ -366,7 +367,11 @@ class ArrheniusPlot(zntrack.Node):
 
 
 class Density(zntrack.Node):
-    """Mean NPT density with a 95 % interval (blocking, or ``n_blocks`` blocks + Student t)."""
+    """Mean NPT density with a 95 % interval (blocking, or ``n_blocks`` blocks + Student t).
+
+    ``experimental``: the experimental density table compared at ``temperature``, a DVC
+    dependency given relative to the project (None: no comparison).
+    """
 
     data: t.Any = zntrack.deps()
     start: int = zntrack.params(0)
@@ -374,7 +379,7 @@ class Density(zntrack.Node):
     stride: int = zntrack.params(1)
     n_blocks: int | None = zntrack.params(None)
     temperature: float | None = zntrack.params(None)
-    experimental: str | None = zntrack.params("bmim_bf4_density")
+    experimental: str | None = zntrack.deps_path("data/experimental/bmim_bf4_density.csv")
     timestep_fs: float | None = zntrack.params(None)
 
     density: pd.DataFrame = zntrack.plots(
@@ -412,7 +417,7 @@ class DensityComparison(zntrack.Node):
 
     densities: list = zntrack.deps()
     labels: list[str] = zntrack.params()
-    experimental: str | None = zntrack.params("bmim_bf4_density")
+    experimental: str | None = zntrack.deps_path("data/experimental/bmim_bf4_density.csv")
 
     table: Path = zntrack.plots_path(zntrack.nwd / "densities.csv")
     figures: Path = zntrack.outs_path(zntrack.nwd / "figures")

@@ -13,6 +13,7 @@ import ase
 import numpy as np
 import zntrack
 
+from lotf.inputs import input_file, opls_topologies
 from lotf.nodes.frames import read_h5md, write_h5md
 from lotf.reference import gromacs, structures
 
@@ -46,6 +47,10 @@ class GromacsSeed(_FramesNode):
     steepest descent, then NVT at `temperature` (K) for `n_steps` x `timestep` (fs); one frame
     every `interval` steps, with force-field energy, forces and virial stress.
     Seed 1: {"bmim": 10, "bf4": 10}, 1.210 g/cm^3, 500 K, 5 ns.
+
+    `topologies` are the itp files the run reads (DVC dependencies, relative to the project): one
+    per non-water species and the CL&P atom types, in one folder (default: bmim and bf4 in
+    data/opls, see :func:`lotf.inputs.opls_topologies`). Water comes from GROMACS's oplsaa.ff.
     """
 
     species: dict = zntrack.params(default_factory=lambda: {"bmim": 10, "bf4": 10})
@@ -60,6 +65,7 @@ class GromacsSeed(_FramesNode):
     constraints: str = zntrack.params("none")
     water_model: str = zntrack.params("tip3p")
     n_threads: int | None = zntrack.params(None)
+    topologies: list = zntrack.deps_path(default_factory=lambda: opls_topologies(["bmim", "bf4"]))
 
     gromacs_dir: pathlib.Path = zntrack.outs_path(zntrack.nwd / "gromacs")
     metrics: dict = zntrack.metrics()
@@ -69,7 +75,8 @@ class GromacsSeed(_FramesNode):
             if not value > 0:
                 raise ValueError(f"GromacsSeed.{name} must be positive, got {value}")
         settings = gromacs.GromacsSettings(
-            cutoff=self.cutoff, constraints=self.constraints, water_model=self.water_model, n_threads=self.n_threads
+            cutoff=self.cutoff, constraints=self.constraints, water_model=self.water_model, n_threads=self.n_threads,
+            itp_dir=self._itp_dir(),
         )
         start = time.perf_counter()
         frames = gromacs.run_seed(
@@ -93,6 +100,21 @@ class GromacsSeed(_FramesNode):
             "s_per_ps": wall / ps if ps else 0.0,
             "temperature_mean": float(np.mean([a.info.get("temperature", np.nan) for a in frames])),
         }
+
+
+    def _itp_dir(self) -> pathlib.Path:
+        """The one folder of the declared topologies; every itp the run reads must be declared."""
+        files = [input_file(p, "GromacsSeed.topologies") for p in self.topologies or []]
+        by_name = {f.name: f for f in files}
+        needed = [pathlib.Path(p).name for p in opls_topologies(self.species)]
+        missing = [name for name in needed if name not in by_name]
+        if missing:
+            raise ValueError(f"GromacsSeed.topologies: {', '.join(missing)} not among {[str(f) for f in files]} "
+                             f"(the seed reads {', '.join(needed)})")
+        folders = {by_name[name].resolve().parent for name in needed}
+        if len(folders) != 1:
+            raise ValueError(f"GromacsSeed.topologies: the itp files must lie in one folder, got {sorted(map(str, folders))}")
+        return folders.pop()
 
 
 class SmilesConformers(_FramesNode):
