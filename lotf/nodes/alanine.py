@@ -1,0 +1,266 @@
+"""Alanine dipeptide coverage benchmark of seed 2 §3.1 (Fig. 2): runs, coverage, summary.
+
+One run is Langevin MD of ACE-ALA-NME in vacuum on Amber99SB (:mod:`lotf.reference.amber`, the
+JAX port of OpenMM's system inside our jitted MD loop), unbiased or with the ERBS bias; the
+(Φ, Ψ) coverage is the fraction of visited 15° × 15° cells (:func:`ramachandran_coverage`), also
+as a function of time.
+
+Dissociation: a :class:`~lotf.dynamics.checks.BondGraphCheck` stops the run at the first bond that
+breaks or forms (seed 2 reports dissociating runs for k = 2). Such a run is recorded
+(``dissociated``: true, the step it happened, the coverage of the frames before it) and left out
+of the best coverage; it never stops the group.
+
+ERBS parameter conventions (``convention``), see the README section "ERBS benchmark":
+
+* ``"code"`` (default): the numbers of seed 2's scan read as the erbs code that produced them
+  takes them: ΔE as a multiple of k_B T (the node's ``barrier_factor``), σ as the kernel *variance*
+  ``a`` (lotf's bandwidth, a standard deviation, is √a), descriptor r_min 1.5 Å (hard-coded there),
+  r_max 6 Å, 4 basis functions.
+* ``"text"``: as seed 2's text states them: ΔE in eV (whole system), σ a standard deviation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import zntrack
+from ase import units
+
+CONVENTIONS = ("code", "text")
+BIN_DEG = 15.0
+
+
+def erbs_bias(barrier: float, bandwidth: float, n_components: int, interval: int, convention: str = "code",
+              temperature: float = 300.0):
+    """lotf's :class:`~lotf.dynamics.biases.ERBS` for a seed-2 (ΔE, σ, k) in the given convention."""
+    from lotf.dynamics.biases import ERBS
+
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+    if convention == "code":
+        barrier_ev = barrier * units.kB * temperature
+        sigma = float(np.sqrt(bandwidth))
+    else:
+        barrier_ev, sigma = barrier, bandwidth
+    return ERBS(temperature=temperature, barrier=float(barrier_ev), per_atom=False, bandwidth=sigma,
+                n_components=int(n_components), interval=int(interval), r_min=1.5, r_max=6.0, n_basis=4)
+
+
+def coverage_curve(phi: np.ndarray, psi: np.ndarray, times_fs: np.ndarray, every_fs: float = 1000.0,
+                   bin_deg: float = BIN_DEG) -> list[tuple[float, float]]:
+    """(time ps, coverage of the frames up to then) every ``every_fs``, plus the last frame."""
+    from lotf.analysis.dihedrals import ramachandran_histogram
+
+    n = int(round(360.0 / bin_deg))
+    wrap = lambda a: (np.asarray(a) + 180.0) % 360.0 - 180.0  # noqa: E731
+    i = np.clip(((wrap(phi) + 180.0) // bin_deg).astype(int), 0, n - 1)
+    j = np.clip(((wrap(psi) + 180.0) // bin_deg).astype(int), 0, n - 1)
+    seen = np.zeros((n, n), bool)
+    out, next_t = [], every_fs
+    for k, t in enumerate(times_fs):
+        seen[i[k], j[k]] = True
+        if t >= next_t - 1e-9 or k == len(times_fs) - 1:
+            out.append((float(t) / 1000.0, float(seen.mean())))
+            while next_t <= t + 1e-9:
+                next_t += every_fs
+    if len(phi):  # consistency with the histogram definition
+        assert abs(out[-1][1] - float(np.count_nonzero(ramachandran_histogram(phi, psi, bin_deg)) / n**2)) < 1e-12
+    return out
+
+
+def run_alanine(method: str = "md", temperature: float = 300.0, steps: int = 160_000, timestep: float = 0.5,
+                friction: float = 0.01, sampling_rate: int = 20, interval: int = 10_000, barrier: float = 20.0,
+                bandwidth: float = 0.05, n_components: int = 4, convention: str = "code", seed: int = 0,
+                structure=None, keep_positions: bool = True) -> dict:
+    """One coverage run; returns metrics, the (Φ, Ψ) series and, if asked, the frames' positions.
+
+    ``method`` "md" (no bias) or "erbs" (``barrier``, ``bandwidth``, ``n_components`` in
+    ``convention``, thermostat temperature ``temperature``).
+    """
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from lotf.analysis.dihedrals import dihedral_angles, ramachandran_coverage
+    from lotf.dynamics.checks import BondGraphCheck
+    from lotf.dynamics.integrators import Langevin
+    from lotf.dynamics.md import MDRun
+    from lotf.dynamics.potential import ForceField, JaxBase
+    from lotf.reference import amber
+
+    if method not in ("md", "erbs"):
+        raise ValueError(f"method must be 'md' or 'erbs', got {method!r}")
+    for key, value in (("steps", steps), ("sampling_rate", sampling_rate), ("interval", interval)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"'{key}' must be a positive integer, got {value!r}")
+    atoms = amber.load_structure() if structure is None else structure.copy()
+    amber.check_atoms(atoms, "start structure")
+    atoms.pbc = False
+    atoms.cell = None
+    system = amber.AmberSystem()
+    bias = erbs_bias(barrier, bandwidth, n_components, interval, convention, temperature) if method == "erbs" else None
+    ff = ForceField(JaxBase([system.energy_term(6.0)], tuple(sorted(set(atoms.numbers)))), bias)
+    run = MDRun(atoms, ff, Langevin(timestep=timestep, friction=friction), int(steps), float(temperature),
+                sampling_rate=int(sampling_rate), seed=int(seed), checks=[BondGraphCheck()], on_trigger="stop",
+                progress=False, keep_frames=True)
+    t0 = time.perf_counter()
+    summary = run.run()
+    wall = time.perf_counter() - t0
+    pos = np.stack([f.positions for f in run.frames]) if run.frames else np.zeros((0, len(atoms), 3))
+    times = np.array([f.info.get("time", (k + 1) * sampling_rate * timestep) for k, f in enumerate(run.frames)], float)
+    phi = dihedral_angles(pos, np.array([amber.PHI]), pbc=False)[:, 0] if len(pos) else np.zeros(0)
+    psi = dihedral_angles(pos, np.array([amber.PSI]), pbc=False)[:, 0] if len(pos) else np.zeros(0)
+    dissociated = bool(summary.stopped and summary.stop_reason and "bond" in summary.stop_reason)
+    out = {
+        "method": method, "temperature": float(temperature), "steps": int(steps), "timestep": float(timestep),
+        "duration_ps": steps * timestep / 1000.0, "interval": int(interval), "convention": convention,
+        "barrier": float(barrier) if method == "erbs" else None,
+        "bandwidth": float(bandwidth) if method == "erbs" else None,
+        "n_components": int(n_components) if method == "erbs" else None,
+        "coverage": ramachandran_coverage(phi, psi, BIN_DEG) if len(phi) else 0.0,
+        "dissociated": dissociated, "stopped": bool(summary.stopped), "stop_reason": summary.stop_reason,
+        "steps_done": int(summary.steps_before_stop), "frames": int(len(phi)), "wall_s": wall,
+        "ms_per_step": summary.ms_per_step,
+        "coverage_vs_time": coverage_curve(phi, psi, times) if len(phi) else [],
+        "phi": phi, "psi": psi,
+    }
+    if keep_positions:
+        out["positions"] = pos
+        out["numbers"] = atoms.numbers.copy()
+    return out
+
+
+def public(result: dict) -> dict:
+    """The JSON-serialisable metrics of a run (no per-frame arrays)."""
+    return {k: v for k, v in result.items() if k not in ("phi", "psi", "positions", "numbers", "coverage_vs_time")}
+
+
+class AlanineCoverage(zntrack.Node):
+    """One alanine-dipeptide run of the coverage scan (see the module docstring).
+
+    Outputs: ``metrics`` (coverage, dissociated, timings), ``dihedrals.csv`` (time, Φ, Ψ per frame),
+    ``coverage.csv`` (coverage against time, every ps) and the frames (positions only; label them
+    with :class:`AmberLabel` for training).
+    """
+
+    method: str = zntrack.params("erbs")
+    temperature: float = zntrack.params(300.0)
+    steps: int = zntrack.params(160_000)
+    timestep: float = zntrack.params(0.5)
+    friction: float = zntrack.params(0.01)
+    sampling_rate: int = zntrack.params(20)
+    interval: int = zntrack.params(10_000)
+    barrier: float = zntrack.params(20.0)
+    bandwidth: float = zntrack.params(0.05)
+    n_components: int = zntrack.params(4)
+    convention: str = zntrack.params("code")
+    seed: int = zntrack.params(0)
+
+    metrics: dict = zntrack.metrics()
+    coverage_path: Path = zntrack.plots_path(zntrack.nwd / "coverage.csv")
+    dihedrals_path: Path = zntrack.outs_path(zntrack.nwd / "dihedrals.csv")
+    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
+
+    def run(self) -> None:
+        from ase import Atoms
+
+        from lotf.nodes.frames import write_h5md
+
+        res = run_alanine(self.method, self.temperature, self.steps, self.timestep, self.friction, self.sampling_rate,
+                          self.interval, self.barrier, self.bandwidth, self.n_components, self.convention, self.seed)
+        self.metrics = public(res)
+        Path(self.coverage_path).parent.mkdir(parents=True, exist_ok=True)
+        np.savetxt(self.coverage_path, np.array(res["coverage_vs_time"]).reshape(-1, 2), delimiter=",",
+                   header="time_ps,coverage", comments="")
+        t = (np.arange(len(res["phi"])) + 1) * self.sampling_rate * self.timestep / 1000.0
+        np.savetxt(self.dihedrals_path, np.column_stack([t, res["phi"], res["psi"]]).reshape(-1, 3), delimiter=",",
+                   header="time_ps,phi,psi", comments="")
+        write_h5md(self.frames_path, [Atoms(res["numbers"], positions=p) for p in res["positions"]])
+
+    @property
+    def frames(self):
+        from lotf.nodes.frames import read_h5md
+
+        return read_h5md(self, self.frames_path)
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Best ERBS coverage (dissociated runs left out), the baselines and the dissociated runs."""
+    md = {r["temperature"]: r["coverage"] for r in runs if r["method"] == "md"}
+    erbs = [r for r in runs if r["method"] == "erbs"]
+    intact = [r for r in erbs if not r["dissociated"]]
+    best = max(intact, key=lambda r: r["coverage"], default=None)
+    return {
+        "coverage_md": {f"{t:g}": c for t, c in sorted(md.items())},
+        "coverage_erbs_best": best["coverage"] if best else None,
+        "erbs_best_params": ({k: best[k] for k in ("barrier", "bandwidth", "n_components", "convention")}
+                             if best else None),
+        "n_erbs": len(erbs), "n_dissociated": len(erbs) - len(intact),
+        "dissociated": [{k: r[k] for k in ("barrier", "bandwidth", "n_components", "steps_done")}
+                        for r in erbs if r["dissociated"]],
+    }
+
+
+def plot_coverage(runs: list[dict], curves: dict[str, list], path: Path) -> None:
+    """Fig. 2: a-c) coverage against ΔE, σ and k (each ERBS run a point, dissociated as crosses,
+    MD baselines as lines); d) coverage against time of the MD runs and the best ERBS run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    erbs = [r for r in runs if r["method"] == "erbs"]
+    md = [r for r in runs if r["method"] == "md"]
+    for ax, key, label in zip(axes[:3], ("barrier", "bandwidth", "n_components"), ("ΔE", "σ", "k")):
+        for r in erbs:
+            ax.scatter(r[key], r["coverage"], marker="x" if r["dissociated"] else "o",
+                       color="tab:red" if r["dissociated"] else "tab:blue", alpha=0.7)
+        for r in md:
+            ax.axhline(r["coverage"], ls="--", color="grey" if r["temperature"] < 500 else "black",
+                       label=f"MD {r['temperature']:g} K")
+        ax.set_xlabel(label)
+        ax.set_ylabel("coverage")
+    axes[0].legend(fontsize=7)
+    for name, curve in curves.items():
+        if curve:
+            c = np.asarray(curve)
+            axes[3].plot(c[:, 0], c[:, 1], label=name)
+    axes[3].set_xlabel("time / ps")
+    axes[3].set_ylabel("coverage")
+    axes[3].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+class CoverageSummary(zntrack.Node):
+    """Collects the runs of the scan: best coverage and parameters, baselines, dissociated runs, Fig. 2."""
+
+    runs: list = zntrack.deps()
+
+    metrics: dict = zntrack.metrics()
+    table_path: Path = zntrack.outs_path(zntrack.nwd / "runs.json")
+    figure: Path = zntrack.plots_path(zntrack.nwd / "coverage.png")
+
+    def run(self) -> None:
+        results, curves = [], {}
+        for node in self.runs:
+            m = dict(node.metrics)
+            results.append(m)
+            curve = np.loadtxt(node.coverage_path, delimiter=",", skiprows=1, ndmin=2)
+            if m["method"] == "md":
+                curves[f"MD {m['temperature']:g} K"] = curve.tolist()
+        summary = summarise(results)
+        best = summary["erbs_best_params"]
+        if best:
+            for node, m in zip(self.runs, results):
+                if m["method"] == "erbs" and not m["dissociated"] and m["coverage"] == summary["coverage_erbs_best"]:
+                    curves["ERBS best"] = np.loadtxt(node.coverage_path, delimiter=",", skiprows=1, ndmin=2).tolist()
+                    break
+        self.metrics = summary
+        Path(self.table_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.table_path).write_text(json.dumps(results, indent=1))
+        plot_coverage(results, curves, Path(self.figure))

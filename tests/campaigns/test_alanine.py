@@ -1,0 +1,94 @@
+"""The alanine coverage campaign (seed 2 §3.1): scan definition, coverage bookkeeping, a short run."""
+
+import numpy as np
+import pytest
+
+from lotf.nodes import alanine as nodes
+from stages import alanine
+
+
+def test_paper_profile_is_the_seed2_grid_with_a_and_b():
+    points = alanine.scan_points(alanine.PROFILES["paper"])
+    assert len(points) == 5 * 4 * 5 == len(set(points))
+    assert {p[0] for p in points} == {5.0, 10.0, 15.0, 20.0, 25.0}
+    assert {p[1] for p in points} == {0.05, 0.1, 0.2, 0.5}
+    assert {p[2] for p in points} == {2, 4, 6, 8, 10}
+    assert alanine.ERBS_A in points and alanine.ERBS_B in points
+    p = alanine.PROFILES["paper"]
+    assert p["steps"] * 0.5 == 80_000 and p["interval"] == 10_000  # 80 ps at 0.5 fs, a kernel every 10,000 steps
+
+
+def test_smoke_profile_always_has_a_and_b_and_bad_points_fail_in_one_line():
+    assert set(alanine.scan_points(alanine.PROFILES["smoke"])) == {alanine.ERBS_A, alanine.ERBS_B}
+    assert alanine.ERBS_B in alanine.scan_points({"points": [(5.0, 0.1, 2)]})
+    with pytest.raises(ValueError, match=r"bad scan point .*k=0"):
+        alanine.scan_points({"points": [(5.0, 0.1, 0)]})
+
+
+def test_run_names_are_unique_and_stage_safe():
+    names = {alanine.run_name(*p) for p in alanine.scan_points(alanine.PROFILES["paper"])}
+    assert len(names) == 100 and all("." not in n for n in names)
+
+
+def test_conventions_convert_seed2_numbers():
+    from ase import units
+
+    code = nodes.erbs_bias(20.0, 0.05, 4, 10_000, "code")
+    assert code.barrier == pytest.approx(20.0 * units.kB * 300.0)  # ΔE in k_B T
+    assert code.bandwidth == pytest.approx(np.sqrt(0.05))  # σ read as the kernel variance
+    assert (code.r_min, code.r_max, code.n_basis, code.per_atom) == (1.5, 6.0, 4, False)
+    text = nodes.erbs_bias(20.0, 0.05, 4, 10_000, "text")
+    assert text.barrier == 20.0 and text.bandwidth == 0.05
+    with pytest.raises(ValueError, match="convention must be one of"):
+        nodes.erbs_bias(20.0, 0.05, 4, 10_000, "paper")
+
+
+def test_coverage_curve_counts_15_degree_cells():
+    phi = np.array([-179.0, -170.0, 0.0, 10.0, 179.0])
+    psi = np.array([-179.0, -170.0, 0.0, 20.0, 179.0])
+    t = np.array([500.0, 1000.0, 1500.0, 2000.0, 2500.0])
+    curve = nodes.coverage_curve(phi, psi, t)
+    # cells: (-180,-180) twice, (0,0), (0,15), (165,165) -> 1, 1, 2, 3, 4 of 576
+    assert [c for _, c in curve] == pytest.approx([1 / 576, 3 / 576, 4 / 576])
+    assert [tt for tt, _ in curve] == pytest.approx([1.0, 2.0, 2.5])
+
+
+def test_summary_skips_dissociated_runs():
+    runs = [
+        {"method": "md", "temperature": 300.0, "coverage": 0.05, "dissociated": False},
+        {"method": "md", "temperature": 1200.0, "coverage": 0.3, "dissociated": False},
+        {"method": "erbs", "barrier": 10.0, "bandwidth": 0.1, "n_components": 2, "convention": "code",
+         "coverage": 0.9, "dissociated": True, "steps_done": 1234},
+        {"method": "erbs", "barrier": 20.0, "bandwidth": 0.05, "n_components": 4, "convention": "code",
+         "coverage": 0.6, "dissociated": False, "steps_done": 160000},
+    ]
+    s = nodes.summarise(runs)
+    assert s["coverage_erbs_best"] == 0.6 and s["erbs_best_params"]["barrier"] == 20.0
+    assert s["n_dissociated"] == 1 and s["dissociated"][0]["steps_done"] == 1234
+    assert s["coverage_md"] == {"300": 0.05, "1200": 0.3}
+
+
+def test_bad_run_settings_fail_in_one_line():
+    with pytest.raises(ValueError, match="method must be 'md' or 'erbs'"):
+        nodes.run_alanine("metad", steps=10)
+    with pytest.raises(ValueError, match="'steps' must be a positive integer"):
+        nodes.run_alanine("md", steps=0)
+    from ase import Atoms
+
+    with pytest.raises(ValueError, match="start structure: 3 atoms"):
+        nodes.run_alanine("md", steps=10, structure=Atoms("H2O", positions=np.zeros((3, 3))))
+
+
+@pytest.mark.slow
+def test_short_runs_md_and_erbs_record_coverage_and_a_forced_dissociation():
+    md = nodes.run_alanine("md", 300.0, steps=400, sampling_rate=10, keep_positions=False)
+    assert md["frames"] == 40 and not md["dissociated"] and 0 < md["coverage"] < 0.05
+    # ERBS in the text convention with a 25 eV barrier and a tiny bandwidth tears the molecule apart
+    # within a few hundred steps; the run is recorded as dissociated, not raised
+    erbs = nodes.run_alanine("erbs", 300.0, steps=2000, sampling_rate=10, interval=100, barrier=25.0,
+                             bandwidth=0.005, n_components=2, convention="text", keep_positions=False)
+    assert erbs["frames"] >= 1
+    if erbs["dissociated"]:
+        assert erbs["stop_reason"] == "bond_graph" and erbs["steps_done"] < 2000
+    else:
+        assert erbs["steps_done"] == 2000
