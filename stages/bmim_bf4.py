@@ -1,13 +1,24 @@
 """BMIM-BF4 learning-on-the-fly campaign (seed 1, Table 1; reference notes §3.3).
 
 Graph: GROMACS OPLS-AA seed -> CP2K B97-3c labels -> outlier filter -> test/validation/train
-splits -> classical model -> ML0 (MaxDist from the labelled seed pool) -> ML1..ML15 from the
-iteration table (NVT, temperature and density modifiers, conformer packing, rigid volume scan,
-NPT) -> final models on DFT, DFT+D3(8 Å), DFT+D3(20 Å) -> production (seed 1 "Production
-simulations"): boxes packed at 0.9 g/cm³, FIRE, compressed to the experimental density;
-NVT (Nosé-Hoover chain) at 283-353 K for 8/16/32 pairs with MLP(D3(8 Å)) -> RDF, diffusion,
-box-size extrapolation, Arrhenius plot, butyl dihedrals; NPT densities of 10 pairs with the
-trained and the hybrid MLP+D3 models -> density comparison (Fig. 7).
+splits -> classical model -> ML0 (MaxDist from the labelled seed pool) -> ML1..ML17, one row of
+Table 1 each (:func:`iterations`): NVT with FIRE (fmax 0.5), temperature and density modifiers,
+20 conformer boxes (ML11), rigid volume scans of 5 relaxed boxes plus NPT (ML13), NPT with
+modifiers (ML14, ML15); the D3-free branch of the published campaign: the training and
+validation sets relabelled by CP2K without D3 and a model trained on them, ML16 (NPT with that
+model plus FIRE; 5 + 100 points, 100 validation) and ML17 (FIRE of a 0.900 g/cm³ box, NVT at
+500 K and 1.210 g/cm³, NPT at 298.15 K driven by the hybrid MLP + D3(8 Å); 4 + 80 + 80 points,
+80 validation): 1589 training and 280 validation structures, as published. The four ML17 models
+(DFT, DFT+D3(8 Å), DFT+D3(8 Å) with r_max 7.94 Å, DFT+D3(20 Å)) feed production (seed 1
+"Production simulations"): boxes packed at 0.9 g/cm³, FIRE, compressed to the experimental
+density; NVT (Nosé-Hoover chain) at 283-353 K for 8/16/32 pairs with MLP(D3(8 Å)) -> RDF,
+diffusion, box-size extrapolation, Arrhenius plot, butyl dihedrals; NPT densities of 10 pairs
+with the trained and the hybrid MLP+D3 models -> density comparison (Fig. 7). Seed 2's
+exploration runs (MD, UDD, ERBS) use a 16-member NLL shallow ensemble trained on 200 structures
+of the final data set.
+
+Every pool is screened before selection: atoms closer than 0.6 x their covalent radii sum, and
+molecules other than intact BMIM+ and BF4- (the campaign never breaks a molecule on purpose).
 """
 
 from __future__ import annotations
@@ -23,7 +34,8 @@ from lotf.nodes.frames import FilterOutliers, MergeFrames
 from lotf.nodes.production import ProductionMD
 from lotf.nodes.sampling import GeometryOptimisation, MDSampling
 from lotf.nodes.seed import GromacsSeed, PackBox, SmilesConformers, VolumeScan
-from stages.common import CampaignState, check_profile, check_row, labeller, learning_step, report
+from stages.common import (DEFAULT_SCREENING, GEO_OPT, BuildError, CampaignState, as_sources, check_profile,
+                           check_row, labeller, learning_step, report)
 
 NAME = "bmim_bf4"
 GROUP = "bmim-bf4"  # ZnTrack joins group names with "_", so the group avoids it
@@ -38,20 +50,38 @@ DENSITY_MODELS = {
     "MLP+D3(8 Å)": ("DFT", {"functional": "b97-3c", "cutoff": 8.0}),
     "MLP+D3(20 Å)": ("DFT", {"functional": "b97-3c", "cutoff": 20.0}),
 }
+# the four ML17 models: label -> (D3 cutoff added to the D3-free labels, model overrides); the
+# published "long cutoff" model is trained on the short-D3 labels with r_max 7.93766 Å
+FINAL_MODELS = {
+    "DFT": (None, {}),
+    "DFT-D3-8": (8.0, {}),
+    "DFT-D3-8-long": (8.0, {"model": {"r_max": 7.93766}}),
+    "DFT-D3-20": (20.0, {}),
+}
+HYBRID_D3 = {"functional": "b97-3c", "cutoff": 8.0}  # ML17's NPT: MLP(no D3) + D3(8 Å) at run time
+# CP2K's own D3 (R_CUTOFF 7.93766, three-body, short-range correction), taken out of the test
+# labels to test the D3-free models of ML16 (see lotf.nodes.d3.RecomputeD3)
+CP2K_D3 = {"cutoff": 15.87532, "three_body": True, "short_range_correction": True, "cp2k_triangle_weights": True}
 DIFFUSION_GROUPS = ["H", "B", "com:BF4", "com:C8H15N2"]  # seed 1 Fig. 6: H and B atoms; ion centres of mass
 EXPERIMENT_SPECIES = {"B": "BF4-", "com:BF4": "BF4-", "H": "BMIM+", "com:C8H15N2": "BMIM+"}  # NMR: 11B/19F, 1H
+SCREENING = {**DEFAULT_SCREENING, "intact_molecules": True}  # ionic liquid: molecules stay intact
+# row kinds and the structures an MD or FIRE may start from
+KINDS = ("sampling", "conformers", "volume_scan", "no_d3")
+STARTS = ("seed", "previous", "volume_scan", "conformers", "geo_opt")
+REFERENCES = ("dft-d3", "dft")  # CP2K B97-3c with D3 (ML0-ML15) and without (ML16, ML17)
 
 
-def _nvt(steps: int, rate: int, **extra) -> dict:
-    return {"method": "md", "ensemble": "nvt", "thermostat": "langevin", "temperature": 298.15, "timestep": 0.5,
-            "steps": steps, "sampling_rate": rate, "checks": UNCERTAINTY_STOP, "on_trigger": "stop", **extra}
+def _nvt(steps: int, rate: int, temperature: float = 298.15, checks=UNCERTAINTY_STOP, **extra) -> dict:
+    return {"method": "md", "ensemble": "nvt", "thermostat": "langevin", "temperature": temperature, "timestep": 0.5,
+            "steps": steps, "sampling_rate": rate, "checks": checks, "on_trigger": "stop", **extra}
 
 
-def _npt(steps: int, rate: int, **extra) -> dict:
+def _npt(steps: int, rate: int, temperature: float = 300.0, timestep: float = 1.0, checks=UNCERTAINTY_STOP,
+         **extra) -> dict:
     # 1 atm; seed 1 used Parrinello-Rahman-like ASE NPT, here stochastic cell rescaling
-    return {"method": "md", "ensemble": "npt", "thermostat": "langevin", "temperature": 300.0, "timestep": 1.0,
-            "barostat": {"pressure": 1.01325}, "steps": steps, "sampling_rate": rate, "checks": UNCERTAINTY_STOP,
-            "on_trigger": "stop", **extra}
+    return {"method": "md", "ensemble": "npt", "thermostat": "langevin", "temperature": temperature,
+            "timestep": timestep, "barostat": {"pressure": 1.01325}, "steps": steps, "sampling_rate": rate,
+            "checks": checks, "on_trigger": "stop", **extra}
 
 
 def temperature_ramp(start, end, amplitude, n_oscillations) -> dict:
@@ -64,6 +94,12 @@ def density_ramp(start, end, amplitude, n_oscillations) -> dict:
     return {"kind": "density", "rho_start": start, "rho_end": end, "rho_amp": amplitude,
             "n_oscillations": n_oscillations}
 
+
+# Table 1: 0.992-1.499 g/cm³. Seed 1 oscillated the box length by ±1 Å around 14.58 Å (1.210
+# g/cm³), which is asymmetric in density; eq. 9 in the density with this centre and amplitude
+# spans exactly the published range.
+RHO_MIN, RHO_MAX = 0.992, 1.499
+DENSITY_MODIFIER = density_ramp((RHO_MIN + RHO_MAX) / 2, (RHO_MIN + RHO_MAX) / 2, (RHO_MAX - RHO_MIN) / 2, 3)
 
 def _stage_name(label: str) -> str:
     """DVC stage names allow no punctuation but '-' and '_': 0.5 -> 0p5."""
@@ -89,27 +125,77 @@ def exploration_runs(udd_heights, udd_widths, erbs_barriers, erbs_bandwidths, er
     return runs
 
 
-def iterations(steps: int, npt_steps: int, long_steps: int, rate: int, n: int) -> list[dict]:
-    """Seed 1 Table 1 as rows; ``n`` scales the number of new points (50 in the paper)."""
+def iterations(steps: int, npt_steps: int, long_steps: int, rate: int, scale: float = 1.0,
+               vs_boxes: int = 5, vs_points: int = 100) -> list[dict]:
+    """Seed 1 Table 1 as rows, ML1-ML17. ``scale`` multiplies every number of new points (1.0:
+    the published 50 per iteration, ..., 105 in ML16, 164 in ML17); ``vs_boxes`` x ``vs_points``
+    is ML13's volume scan (5 x 100 in seed 1)."""
+    def c(n: int) -> int:
+        return max(1, round(n * scale))
+
     t_mod = temperature_ramp(230.0, 500.0, 150.0, 10)
-    rho_mod = density_ramp(1.210, 1.210, 0.254, 3)  # oscillates over ~0.96-1.46 g/cm³ (Table 1: 0.992-1.499)
     rows = [{"name": f"ML{k}", "start": "seed" if k == 1 else "previous", "sampling": _nvt(steps, rate),
-             "geo_opt": True, "n_select": n} for k in range(1, 5)]
+             "geo_opt": True, "n_select": c(50)} for k in range(1, 5)]
     rows += [{"name": f"ML{k}", "start": "previous", "sampling": _nvt(steps, rate, modifiers=[t_mod]),
-              "geo_opt": True, "n_select": n} for k in range(5, 8)]
-    rows += [{"name": f"ML{k}", "start": "previous", "sampling": _nvt(steps, rate, modifiers=[rho_mod]),
-              "geo_opt": True, "n_select": n} for k in range(8, 11)]
-    rows += [{"name": "ML12", "start": "previous", "sampling": _nvt(steps, rate, modifiers=[rho_mod, t_mod]),
-              "geo_opt": True, "n_select": n}]
+              "geo_opt": True, "n_select": c(50)} for k in range(5, 8)]
+    rows += [{"name": f"ML{k}", "start": "previous", "sampling": _nvt(steps, rate, modifiers=[DENSITY_MODIFIER]),
+              "geo_opt": True, "n_select": c(50)} for k in range(8, 11)]
+    # ML11: 20 boxes of 10 ion pairs packed at 0.900 g/cm³ from RDKit conformers, all labelled
+    rows += [{"name": "ML11", "kind": "conformers", "n_select": c(20),
+              "options": {"density": 0.900, "n_conformers": 200}}]
+    rows += [{"name": "ML12", "start": "previous", "geo_opt": True, "n_select": c(50),
+              "sampling": _nvt(steps, rate, modifiers=[DENSITY_MODIFIER, t_mod])}]
     rows += [
-        {"name": "ML13", "start": "volume_scan", "sampling": _npt(npt_steps, rate, temperature=300.0), "n_select": n},
-        {"name": "ML14", "start": "volume_scan",
-         "sampling": _npt(npt_steps, rate, modifiers=[temperature_ramp(300.0, 500.0, 150.0, 10)]), "n_select": n},
-        {"name": "ML15", "start": "previous",
-         "sampling": _npt(long_steps, 10 * rate, modifiers=[temperature_ramp(200.0, 300.0, 100.0, 10)]),
-         "n_select": 2 * n},
+        # ML13: 5 of the ML11 boxes relaxed, each scanned rigidly over 0.151-1.661 g/cm³ (50 of the
+        # scans at random), and NPT from the last relaxed box (50 by MaxDist): 100 points
+        {"name": "ML13", "kind": "volume_scan", "start": "volume_scan", "n_select": c(50),
+         "sampling": _npt(npt_steps, rate, temperature=300.0),
+         "options": {"boxes": vs_boxes, "points": vs_points, "rho_min": 0.151, "rho_max": 1.661, "n_select": c(50)}},
+        {"name": "ML14", "start": "volume_scan", "n_select": c(50),
+         "sampling": _npt(npt_steps, rate, modifiers=[temperature_ramp(300.0, 500.0, 150.0, 10)])},
+        {"name": "ML15", "start": "previous", "n_select": c(100),
+         "sampling": _npt(long_steps, 10 * rate, modifiers=[temperature_ramp(200.0, 300.0, 100.0, 10)])},
+        # ML16: FIRE of ML15's last frame with the D3-free model (5 by MaxDist), NPT at 300 K and
+        # 1 atm from it without modifiers or checks (100 random, 100 random for validation)
+        {"name": "ML16", "kind": "no_d3", "reference": "dft", "start": "previous", "n_select": c(5),
+         "options": {"samplers": [
+             {"start": "geo_opt", "sampling": _npt(long_steps, 10 * rate, checks=[]), "n_select": c(100),
+              "n_validation": c(100)}]}},
+        # ML17: FIRE of a conformer box at 0.900 g/cm³ with the ML16 model (4 by MaxDist); NVT at
+        # 500 K and 1.210 g/cm³ from the seed; NPT at 298.15 K and 1 atm from the relaxed box with
+        # the hybrid ML16 model + D3(8 Å); 80 + 80 random, 40 + 40 random for validation
+        {"name": "ML17", "kind": "no_d3", "reference": "dft", "start": "conformers", "n_select": c(4),
+         "options": {"samplers": [
+             {"start": "seed", "sampling": _nvt(long_steps, 10 * rate, temperature=500.0, checks=[]),
+              "n_select": c(80), "n_validation": c(40)},
+             {"start": "geo_opt", "sampling": _npt(long_steps, 10 * rate, temperature=298.15, timestep=0.5, checks=[],
+                                                   d3=HYBRID_D3), "n_select": c(80), "n_validation": c(40)}]}},
     ]
     return rows
+
+
+def check_rows(rows: list[dict]) -> None:
+    """Build-time checks of every row (and of ML16/ML17's samplers): unknown keys, kinds, starts,
+    references and option names fail in one line naming the iteration."""
+    options = {"conformers": {"density", "n_conformers"},
+               "volume_scan": {"boxes", "points", "rho_min", "rho_max", "n_select"}, "no_d3": {"samplers"}}
+    sampler_keys = {"start", "sampling", "n_select", "n_validation"}
+    for row in rows:
+        check_row(NAME, row, starts=STARTS if row.get("kind") != "conformers" else None, kinds=KINDS,
+                  references=REFERENCES)
+        kind = row.get("kind", "sampling")
+        if kind in ("volume_scan",) and "sampling" not in row:
+            raise BuildError(f"{NAME} iteration {row['name']}: missing setting 'sampling'")
+        known = options.get(kind, set())
+        for key in row.get("options", {}):
+            if key not in known:
+                raise BuildError(f"{NAME} iteration {row['name']}: unknown option '{key}' "
+                                 f"(known: {', '.join(sorted(known)) or 'none'})")
+        for k, sampler in enumerate(row.get("options", {}).get("samplers", [])):
+            unknown = set(sampler) - sampler_keys
+            if unknown:
+                raise BuildError(f"{NAME} iteration {row['name']} sampler {k}: unknown setting '{sorted(unknown)[0]}'")
+            check_row(NAME, {"name": f"{row['name']} sampler {k}", **sampler}, starts=STARTS)
 
 
 PROFILES = {
@@ -117,8 +203,8 @@ PROFILES = {
         pairs=10, seed_steps=5_000_000, seed_interval=3600, cp2k="data/cp2k/b97-3c.yaml",
         cp2k_nod3="data/cp2k/b97-3c-nod3.yaml", cp2k_run={"n_ranks": 1, "n_threads": 1}, n_test=500, n_val=100,
         n_train=100, n_ml0=400, model="models/bmim_initial.yaml", final="models/bmim_final.yaml", overrides={},
-        rows=iterations(steps=50_000, npt_steps=100_000, long_steps=1_000_000, rate=10, n=50),
-        n_conformers=200, n_boxes=20, vs_boxes=5, vs_points=100, vs_select=50,
+        rows=iterations(steps=50_000, npt_steps=100_000, long_steps=1_000_000, rate=10),
+        final_models=list(FINAL_MODELS),
         production=dict(
             temperatures=[283.0, 293.0, 313.0, 333.0, 353.0], sizes=[8, 16, 32], compress_steps=10_000,
             equilibration_steps=10_000, steps=40_000_000, rate=200, max_lag_ps=2000.0, fit_window_ps=[200.0, 2000.0],
@@ -128,7 +214,9 @@ PROFILES = {
             diffusion_groups=DIFFUSION_GROUPS, thermostat="nose_hoover",
             rdf_temperatures=[283.0, 293.0, 313.0, 333.0, 353.0], arrhenius_per_size=True,
         ),
-        exploration=dict(steps=200_000, rate=100, runs=exploration_runs(
+        # seed 2 §3.3: a 16-member NLL shallow ensemble trained on 200 structures of the data set
+        exploration=dict(steps=200_000, rate=100, n_train=200, model="models/bmim_exploration.yaml", overrides={},
+                         runs=exploration_runs(
             udd_heights=[0.1, 0.5, 1.0, 2.0, 5.0, 10.0], udd_widths=[0.1, 0.5, 1.0, 2.0],
             erbs_barriers=[0.1, 0.5, 1.5, 2.5], erbs_bandwidths=[0.5, 1.0, 2.0, 5.0], erbs_components=[1, 2, 3, 4])),
     ),
@@ -136,8 +224,12 @@ PROFILES = {
         pairs=4, seed_steps=2_000, seed_interval=200, cp2k="data/cp2k/test-xtb.yaml",
         cp2k_nod3="data/cp2k/test-xtb.yaml", cp2k_run={"n_ranks": 1, "n_threads": 1}, n_test=2, n_val=2,
         n_train=3, n_ml0=1, model="models/smoke.yaml", final="models/smoke.yaml", overrides={},
-        rows=iterations(steps=100, npt_steps=100, long_steps=200, rate=10, n=2)[:1],
-        n_conformers=2, n_boxes=1, vs_boxes=1, vs_points=4, vs_select=1,
+        # one row of every kind: NVT + FIRE, both modifiers, conformer boxes, volume scan + NPT,
+        # the D3-free NPT + FIRE of ML16 and ML17's three samplers (hybrid MLP + D3 included)
+        rows=[row for row in iterations(steps=100, npt_steps=100, long_steps=100, rate=10, scale=0.02, vs_boxes=1,
+                                        vs_points=4)
+              if row["name"] in ("ML1", "ML11", "ML12", "ML13", "ML16", "ML17")],
+        final_models=["DFT", "DFT-D3-8"],
         production=dict(
             temperatures=[313.0, 353.0], sizes=[4, 5], compress_steps=100, equilibration_steps=20, steps=200, rate=5,
             max_lag_ps=0.0175, fit_window_ps=[0.005, 0.0175], dihedral_windows_ps=[[0.0, 0.05], [0.0, 0.1]],
@@ -148,7 +240,11 @@ PROFILES = {
             # and holds the temperature with a strongly coupled Langevin thermostat
             fire_steps=10, diffusion_groups=["H", "B"], thermostat="langevin",
         ),
-        exploration=dict(steps=100, rate=10, runs=exploration_runs(  # MD and one ERBS run (UDD: the unit tests)
+        exploration=dict(steps=100, rate=10, n_train=4, model="models/smoke.yaml",
+                         overrides={"model": {"n_members": 16},
+                                    "training": {"energy_loss": {"kind": "nll", "weight": 1.0},
+                                                 "forces_loss": {"kind": "nll", "weight": 2.0}}},
+                         runs=exploration_runs(  # MD and one ERBS run (UDD: the unit tests)
             udd_heights=[], udd_widths=[], erbs_barriers=[1.5], erbs_bandwidths=[], erbs_components=[],
             interval=20)),
     ),
@@ -158,9 +254,10 @@ PROFILES = {
 def build(project: zntrack.Project, profile: str) -> None:
     check_profile(NAME, profile, PROFILES)
     p = PROFILES[profile]
-    for row in p["rows"]:
-        check_row(NAME, row)
+    check_rows(p["rows"])
     label_kw = dict(settings=p["cp2k"], **p["cp2k_run"])
+    labels = {"dft-d3": labeller({"cp2k": p["cp2k"], **p["cp2k_run"]}),
+              "dft": labeller({"cp2k": p["cp2k_nod3"], **p["cp2k_run"]})}
 
     with project.group(GROUP, "classical"):
         seed = GromacsSeed(species={"bmim": p["pairs"], "bf4": p["pairs"]}, density=1.210, temperature=500.0,
@@ -181,67 +278,172 @@ def build(project: zntrack.Project, profile: str) -> None:
                            overrides=p["overrides"], init_from=model)
     state = CampaignState(model=model, train=train_set, validation=val, last_structure=seed)
     state.log.append(("classical", classical, None, None))
-    state.record("ML0")
+    state.picks["classical"] = [test, val, train]
+    state.record("ML0", picks=[pick])
 
-    volume_scan = None
+    sources = {"seed": seed}  # named start structures; "previous" is the state's last structure
+    no_d3: list[str] = []  # iterations whose models are trained without D3
     for k, row in enumerate(p["rows"]):
+        kind = row.get("kind", "sampling")
         with project.group(GROUP, row["name"]):
-            if row["start"] == "volume_scan" and volume_scan is None:
-                volume_scan = _conformers_and_volume_scan(p, state, label_kw)
-                state.train, state.model = volume_scan["train"], volume_scan["model"]
-                state.record("ML11+VS")
-            start = {"seed": seed, "previous": state.last_structure}.get(row["start"])
-            if start is None:
-                start = volume_scan["start"]
-            state = learning_step(row, state, start=start, label=labeller({"cp2k": p["cp2k"], **p["cp2k_run"]}),
-                                  model_config=p["model"], model_overrides=p["overrides"], seed=k)
+            if kind == "conformers":
+                sources["conformers"] = _conformers(p, row, state, labels["dft-d3"])
+                continue
+            if kind == "volume_scan":
+                sources["volume_scan"] = _volume_scan(p, row, state, sources, labels["dft-d3"], seed=k)
+            if kind == "no_d3":
+                if not no_d3:  # the first D3-free iteration relabels the data set and trains on it
+                    _relabel_without_d3(p, state, labels["dft"])
+                    no_d3.append(state.log[-1][0])
+                _no_d3_iteration(p, row, state, sources, labels["dft"], seed=k)
+                no_d3.append(row["name"])
+                continue
+            start = _start(row, state, sources)
+            picks = state.picks.get(row["name"], [])
+            vs_labels = state.log.pop()[3] if kind == "volume_scan" else None  # re-recorded with the NPT part
+            state = learning_step(row, state, start=start, label=labels[row.get("reference", "dft-d3")],
+                                  model_config=p["model"], model_overrides=p["overrides"], seed=k,
+                                  screening_reference=seed)
+            if kind == "volume_scan":  # one iteration of Table 1: the scan's points and the NPT's
+                name, model, sampler, label = state.log[-1]
+                state.log[-1] = (name, model, sampler, [vs_labels, label])
+                state.picks[name] = picks + state.picks[name]
 
-    finals = _final_models(project, p, state)
+    finals = _final_models(project, p, state, no_d3)
     with project.group(GROUP, "report"):
-        report(state, test)
-    _production(project, p["production"], finals)
-    _exploration(project, p["exploration"], state.model, seed)
+        test_no_d3 = RecomputeD3(data=test.frames, mode="remove", name="TestSetDFT", **CP2K_D3) if no_d3 else None
+        report(state, test, test_no_d3, no_d3)
+    _production(project, p["production"], finals[0])
+    _exploration(project, p["exploration"], finals, seed)
 
 
-def _conformers_and_volume_scan(p: dict, state: CampaignState, label_kw: dict) -> dict:
-    """ML11 (conformers packed at 0.900 g/cm³, all labelled) and VS (rigid volume scans 0.151-1.661)."""
-    cation = SmilesConformers(smiles=BMIM, n_conformers=p["n_conformers"], seed=42, name="BMIM")
-    anion = SmilesConformers(smiles=BF4, n_conformers=p["n_conformers"], seed=42, name="BF4")
-    boxes = PackBox(data=[cation.frames, anion.frames], count=[p["pairs"], p["pairs"]], density=0.900,
-                    n_configurations=p["n_boxes"], seed=42)
-    box_labels = CP2KLabel(data=boxes.frames, name="PackedLabel", **label_kw)
-    relaxed = GeometryOptimisation(model=state.model, data=boxes.frames, data_id=0)
-    scan = VolumeScan(data=relaxed.frames, data_ids=[-1], start=0.151, stop=1.661, num=p["vs_points"])
-    pick = RandomSelection(data=scan.frames, n_configurations=p["vs_select"], seed=42, name="ScanPick")
-    scan_labels = CP2KLabel(data=pick.frames, name="ScanLabel", **label_kw)
-    train = MergeFrames(data=[state.train.frames, box_labels.frames, scan_labels.frames], name="VSTrainingSet")
-    model = TrainModel(data=train.frames, validation_data=state.validation.frames, config=p["model"],
-                       overrides=p["overrides"], init_from=state.model, name="VSModel")
-    return {"train": train, "model": model, "start": relaxed}
+def _start(row: dict, state: CampaignState, sources: dict):
+    """The structure a row starts from (names are checked at build time by :func:`check_rows`)."""
+    name = row["start"]
+    if name == "previous":
+        return state.last_structure
+    if name not in sources:
+        raise BuildError(f"{NAME} iteration {row['name']}: start '{name}' is used before an iteration made it")
+    return sources[name]
 
 
-def _final_models(project: zntrack.Project, p: dict, state: CampaignState) -> dict[str, TrainModel]:
-    """Final models on DFT, DFT+D3(8 Å) and DFT+D3(20 Å), r_max 6.0 Å (seed 1).
+def _conformers(p: dict, row: dict, state: CampaignState, label) -> PackBox:
+    """ML11: boxes of ``pairs`` ion pairs packed at 0.900 g/cm³ from RDKit conformers, all labelled
+    and added to the training set (ML12's model sees them)."""
+    o = row["options"]
+    cation = SmilesConformers(smiles=BMIM, n_conformers=o["n_conformers"], seed=42, name="BMIM")
+    anion = SmilesConformers(smiles=BF4, n_conformers=o["n_conformers"], seed=42, name="BF4")
+    boxes = PackBox(data=[cation.frames, anion.frames], count=[p["pairs"], p["pairs"]], density=o["density"],
+                    n_configurations=row["n_select"], seed=42)
+    box_labels = label(boxes.frames, name="PackedLabel")
+    state.train = MergeFrames(data=[state.train.frames, box_labels.frames], name="TrainingSet")
+    state.model = TrainModel(data=state.train.frames, validation_data=state.validation.frames, config=p["model"],
+                             overrides=p["overrides"], init_from=state.model)
+    state.record(row["name"], label=box_labels)
+    return boxes
 
-    As in the published campaign, the D3-free labels are recomputed by CP2K without D3 (taking
-    CP2K's three-body D3 out analytically is intractable in the condensed phase), and D3(BJ)
-    two-body is then added in JAX at 8 and 20 Å.
-    """
-    with project.group(GROUP, "final"):
-        no_d3 = {name: CP2KLabel(data=data.frames, settings=p["cp2k_nod3"], name=f"{name}DFT", **p["cp2k_run"])
-                 for name, data in (("Train", state.train), ("Validation", state.validation))}
-        models = {}
-        for label, cutoff in (("DFT", None), ("DFT-D3-8", 8.0), ("DFT-D3-20", 20.0)):
-            if cutoff is None:
-                train, val = no_d3["Train"], no_d3["Validation"]
-            else:
-                train = RecomputeD3(data=no_d3["Train"].frames, mode="add", cutoff=cutoff, name=f"Train{label}")
-                val = RecomputeD3(data=no_d3["Validation"].frames, mode="add", cutoff=cutoff, name=f"Validation{label}")
+
+def _volume_scan(p: dict, row: dict, state: CampaignState, sources: dict, label, seed: int) -> GeometryOptimisation:
+    """ML13's volume scan: the first ``boxes`` ML11 boxes relaxed with the current model (FIRE,
+    fmax 0.5), each scanned rigidly over ``points`` densities, ``n_select`` scans at random,
+    labelled and added to the training set the NPT part of ML13 selects against. Returns the
+    last relaxed box, where ML13's and ML14's NPT runs start."""
+    o = row["options"]
+    if "conformers" not in sources:
+        raise BuildError(f"{NAME} iteration {row['name']}: the volume scan needs the conformer boxes of a "
+                         "'conformers' iteration before it")
+    relaxed, scans = [], []
+    for b in range(o["boxes"]):
+        relaxed.append(GeometryOptimisation(model=state.model, data=sources["conformers"].frames, data_id=b,
+                                            name=f"ScanStart{b}", **GEO_OPT))
+        scans.append(VolumeScan(data=relaxed[-1].frames, data_ids=[-1], start=o["rho_min"], stop=o["rho_max"],
+                                num=o["points"], name=f"VolumeScan{b}"))
+    pool = scans[0] if len(scans) == 1 else MergeFrames(data=[scan.frames for scan in scans], name="ScanPool")
+    pick = RandomSelection(data=pool.frames, n_configurations=o["n_select"], seed=seed, name="ScanPick",
+                           screening=DEFAULT_SCREENING)  # rigid molecules: only the contacts can fail
+    scan_labels = label(pick.frames, name="ScanLabel")
+    state.train = MergeFrames(data=[state.train.frames, scan_labels.frames], name="ScanTrainingSet")
+    state.picks[row["name"]] = [pick]
+    state.log.append((row["name"], state.model, None, scan_labels))
+    return relaxed[-1]
+
+
+def _relabel_without_d3(p: dict, state: CampaignState, label) -> None:
+    """The published D3-free branch: training and validation sets relabelled by CP2K without D3
+    (taking CP2K's three-body D3 out analytically is intractable in the condensed phase) and a
+    model trained on them from scratch; ML16 samples with it."""
+    train = label(state.train.frames, name="TrainDFT")
+    validation = label(state.validation.frames, name="ValidationDFT")
+    previous = state.log[-1][0]
+    state.train, state.validation = train, validation
+    state.model = TrainModel(data=train.frames, validation_data=validation.frames, config=p["final"], name="ModelDFT")
+    state.record(f"{previous}-noD3", label=[train, validation])
+
+
+def _no_d3_iteration(p: dict, row: dict, state: CampaignState, sources: dict, label, seed: int) -> None:
+    """ML16 / ML17: FIRE (fmax 0.5) from the row's start with the current D3-free model, its path
+    screened and ``n_select`` picked by MaxDist; then each sampler (MD from its own start or
+    from the relaxed structure, ``"geo_opt"``) gives ``n_validation`` random validation and
+    ``n_select`` random training points; all labelled without D3; one model trained from scratch."""
+    start = as_sources(_start(row, state, sources))
+    geo = GeometryOptimisation(model=state.model, data=start, data_id=-1, fallback=start, name="GeoOpt", **GEO_OPT)
+    geo_pick = MaxDistSelection(data=geo.frames, train_data=state.train.frames, model=state.model,
+                                n_configurations=row["n_select"], screening=SCREENING,
+                                screening_reference=sources["seed"].frames, name="GeoOptPick")
+    local = {**sources, "previous": state.last_structure, "geo_opt": geo}
+    picks, train_new, val_new, samplers = [geo_pick], [geo_pick.frames], [], []
+    for k, sampler in enumerate(row["options"]["samplers"]):
+        origin = as_sources(local[sampler["start"]] if sampler["start"] in local else _start(sampler, state, sources))
+        md = MDSampling(model=state.model, data=origin, data_id=-1, seed=seed, name=f"MD{k}", **sampler["sampling"])
+        val_pick = RandomSelection(data=md.frames, n_configurations=sampler["n_validation"], seed=seed,
+                                   screening=SCREENING, screening_reference=sources["seed"].frames,
+                                   name=f"ValidationPick{k}")
+        pick = RandomSelection(data=val_pick.excluded_frames, n_configurations=sampler["n_select"], seed=seed,
+                               name=f"TrainPick{k}")
+        samplers.append(md)
+        picks += [val_pick, pick]
+        train_new.append(pick.frames)
+        val_new.append(val_pick.frames)
+    train_labels = label(MergeFrames(data=train_new, name="NewTraining").frames, name="TrainLabel")
+    val_labels = label(MergeFrames(data=val_new, name="NewValidation").frames, name="ValidationLabel")
+    state.train = MergeFrames(data=[state.train.frames, train_labels.frames], name="TrainingSet")
+    state.validation = MergeFrames(data=[state.validation.frames, val_labels.frames], name="Validation")
+    state.last_structure = samplers[-1]
+    if row["name"] != p["rows"][-1]["name"]:  # the last iteration trains the final models instead
+        state.model = TrainModel(data=state.train.frames, validation_data=state.validation.frames, config=p["final"])
+    state.picks[row["name"]] = picks
+    state.log.append((row["name"], state.model, samplers, [train_labels, val_labels]))
+
+
+def _final_models(project: zntrack.Project, p: dict, state: CampaignState,
+                  no_d3: list[str]) -> tuple[dict[str, TrainModel], dict]:
+    """The last iteration's models (seed 1: ML17) on DFT, DFT+D3(8 Å) (also with r_max 7.94 Å)
+    and DFT+D3(20 Å): D3(BJ) two-body added in JAX to the D3-free CP2K labels. Without a D3-free
+    iteration (a profile that stops earlier) the data are relabelled without D3 first, in "final".
+    Returns the models and the (training, validation) nodes of each label set."""
+    last = state.log[-1][0]
+    with project.group(GROUP, last if no_d3 else "final"):
+        if not no_d3:
+            _relabel_without_d3(p, state, labeller({"cp2k": p["cp2k_nod3"], **p["cp2k_run"]}))
+            no_d3.append(state.log[-1][0])
+        data = {None: (state.train, state.validation)}
+        models, sets = {}, {}
+        for label in p["final_models"]:
+            cutoff, overrides = FINAL_MODELS[label]
+            if cutoff not in data:
+                data[cutoff] = tuple(
+                    RecomputeD3(data=d.frames, mode="add", cutoff=cutoff, name=f"{part}DFT-D3-{cutoff:g}")
+                    for part, d in (("Train", state.train), ("Validation", state.validation)))
+            train, val = data[cutoff]
+            sets[label] = (train, val)
             models[label] = TrainModel(data=train.frames, validation_data=val.frames, config=p["final"],
-                                       name=f"Model{label}")
+                                       overrides=overrides, name=f"Model{label}")
             # seed 1 Fig. 1 (parity plots) and seed 2 §3.3 (translational/rotational/vibrational forces)
             PredictionMetrics(data=val.frames, model=models[label], decompose_forces=True, name=f"Metrics{label}")
-    return models
+    name, _, samplers, labels = state.log[-1]
+    state.model = models["DFT"]  # the report tests the D3-free model on the D3-free test labels
+    state.log[-1] = (name, state.model, samplers, labels)
+    return models, sets
 
 
 def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]) -> None:
@@ -305,15 +507,22 @@ def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]
         DensityComparison(densities=densities, labels=labels, name="Densities")
 
 
-def _exploration(project: zntrack.Project, q: dict, model: TrainModel, seed) -> None:
+def _exploration(project: zntrack.Project, q: dict, finals: tuple[dict, dict], seed) -> None:
     """Seed 2 §3.3: how far MD, UDD and ERBS move the BF4- centres of mass in 100 ps (Berendsen
-    500 fs, 0.5 fs steps) from the last seed frame, with the last active-learning ensemble; the
-    maximum COM MSD per run (Fig. 6) and the descriptor PCA in one basis (Fig. 7). A bond-graph
+    500 fs, 0.5 fs steps) from the last seed frame; the maximum COM MSD per run (Fig. 6) and the
+    descriptor PCA in one basis (Fig. 7). The model is seed 2's: a 16-member shallow ensemble
+    trained with NLL on ``n_train`` (200) random structures of the final DFT+D3(8 Å) training set,
+    validated on its validation set (the UDD A/B grid was tuned for that spread). A bond-graph
     check stops runs that break molecules."""
+    _, sets = finals
+    train, val = sets[PRODUCTION_MODEL]
     common = {"ensemble": "nvt", "thermostat": "berendsen", "thermostat_params": {"tau": 500.0},
               "temperature": 300.0, "timestep": 0.5, "steps": q["steps"], "sampling_rate": q["rate"],
               "checks": [{"kind": "bond_graph"}], "on_trigger": "stop"}
     with project.group(GROUP, "exploration"):
+        subset = RandomSelection(data=train.frames, n_configurations=q["n_train"], seed=0, name="TrainSubset")
+        model = TrainModel(data=subset.frames, validation_data=val.frames, config=q["model"], overrides=q["overrides"],
+                           name="Model")
         runs = [MDSampling(data=seed.frames, model=model, data_id=-1, seed=0, name=name, **common, **options)
                 for name, options in q["runs"].items()]
         ExplorationMetrics(data=runs, names=list(q["runs"]), group="com:BF4", descriptor_stride=10, name="Metrics")

@@ -55,6 +55,8 @@ def iterations(bias: str, n_iter: int, steps: int, rate: int, n_val: int, n_trai
              "n_select": n_train, "n_validation": n_val} for k in range(1, n_iter + 1)]
 
 
+STARTS = ("bootstrap",)  # structure sources a row's "start" may name (checked at build time)
+
 PROFILES = {
     "paper": dict(molecules=32, n_bootstrap=200, b0_train=10, b0_val=6, b1_train=5,
                   reference={"cp2k": "data/cp2k/revpbe0-d3-water.yaml", "n_ranks": 1, "n_threads": 1},
@@ -98,7 +100,7 @@ def build(project: zntrack.Project, profile: str) -> None:
                 for bias in ("md", "erbs")}
     for rows in branches.values():
         for row in rows:
-            check_row(NAME, row)
+            check_row(NAME, row, starts=STARTS)
     label = labeller(p["reference"])
 
     with project.group(GROUP, "bootstrap"):
@@ -124,6 +126,8 @@ def build(project: zntrack.Project, profile: str) -> None:
         model = TrainModel(data=train_set.frames, validation_data=val.frames, config=p["model"],
                            overrides=p["overrides"], init_from=model, name="B1Model")
 
+    # "bootstrap": every iteration starts from a bootstrapped structure the B0 model was trained on
+    starts = {"bootstrap": train_pick}
     truth = _truth(project, p, box, label) if "truth" in p else None
     models: dict[str, list[tuple[str, TrainModel]]] = {}
     for bias, rows in branches.items():
@@ -131,7 +135,7 @@ def build(project: zntrack.Project, profile: str) -> None:
         state.record("B1")
         for k, row in enumerate(rows):
             with project.group(GROUP, bias, row["name"]):
-                state = learning_step(row, state, start=box, label=label, model_config=p["model"],
+                state = learning_step(row, state, start=starts[row["start"]], label=label, model_config=p["model"],
                                       model_overrides=p["overrides"], seed=k)
         with project.group(GROUP, bias, "report"):
             # oracle: a test set from the reference's own MD; else the fixed bootstrap validation set

@@ -669,22 +669,36 @@ class ExplorationMetrics(zntrack.Node):
         self.figures.mkdir(parents=True, exist_ok=True)
         metrics: dict = {}
         curves = []
+        # a run that stopped before its first frame (seed 2 reports such UDD runs) is recorded
+        # with NaN metrics and left out of the curves and the PCA
+        counts = [_frame_count(src) for src in sources]
+        for name, n in zip(names, counts):
+            if n == 0:
+                log.warning("%s: run %s left no frames; recorded with NaN metrics", self.name, name)
+                metrics[name] = {"n_frames": 0, "max_com_msd_A2": float("nan"), "time_of_max_ps": float("nan")}
+        names_all = names
+        names = [n for n, c in zip(names, counts) if c > 0]
+        sources = [s for s, c in zip(sources, counts) if c > 0]
         for name, src in zip(names, sources):
             d = exploration_lib.com_displacement_msd(src, self.group, self.timestep_fs, self.stride)
             metrics[name] = {
                 "max_com_msd_A2": d.max_msd,
                 "time_of_max_ps": d.time_of_max_fs / 1000.0,
             }
+            metrics[name]["n_frames"] = counts[names_all.index(name)]
             curves.append(
                 pd.DataFrame({"run": name, "time_ps": d.time_fs / 1000.0, "msd_A2": d.msd})
             )
-        pd.concat(curves).to_csv(self.msd_file, index=False)
+        columns = {"run": [], "time_ps": [], "msd_A2": []}
+        (pd.concat(curves) if curves else pd.DataFrame(columns)).to_csv(self.msd_file, index=False)
         plots.plot_bars(
-            {n: metrics[n]["max_com_msd_A2"] for n in names},
+            {n: metrics[n]["max_com_msd_A2"] for n in names_all},
             self.figures / "max_com_msd.png",
             "max COM MSD / Å²",
         )
-        if self.pca:
+        if self.pca and sum(counts) < 3:
+            log.warning("%s: %d frames in all runs; no PCA", self.name, sum(counts))
+        elif self.pca:
             if self.model is not None and hasattr(self.model, "get_descriptor"):
                 fn = self.model.get_descriptor()
             else:  # the model-free ERBS descriptor: one basis for runs of different models

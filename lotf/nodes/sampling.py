@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import ase
+import numpy as np
 import zntrack
 
 from lotf.nodes.frames import flatten, read_h5md
@@ -154,19 +155,32 @@ class MDSampling(zntrack.Node):
 
 
 class GeometryOptimisation(zntrack.Node):
-    """FIRE relaxation of ``data[data_id]`` with ``model`` (seed 1: fmax 0.5 eV/Å on the MD stop frame).
+    """FIRE relaxation of one structure, ``data[data_id]``, with ``model``.
 
-    Every ``sampling_rate``-th optimiser step is stored in ``frames`` (the last is the relaxed
-    structure). ``max_steps`` caps the run (the campaign had no cap); ``relax_cell`` also
-    relaxes the cell at ``pressure`` (bar).
+    Converged when the largest force is below ``fmax`` (eV/Å; default 0.05, a tight relaxation
+    such as the production start boxes), after at most ``max_steps`` steps. Seed 1's in-loop
+    relaxation (the campaigns' ``geo_opt`` rows, ``stages.common.GEO_OPT``) uses fmax 0.5 on the
+    last frame of the MD (``data=md.frames, data_id=-1``: the last frame the uncertainty check
+    accepted). ``frames`` holds the optimisation path without the start structure (already in
+    the MD pool): every ``sampling_rate``-th step, thinned to at most ``max_frames`` evenly
+    spaced frames, always ending with the final (relaxed or last) structure. Seed 1's runs took
+    35-48 steps at fmax 0.5, so 50 frames keep the whole path of a normal run, while a run that
+    never converges adds 50 frames to the pool, not a thousand.
+
+    If ``data`` is empty (a sampler that stopped before its first frame), the node relaxes
+    ``fallback[-1]`` instead (e.g. the structure that MD started from), so the next iteration
+    still has a start; with neither it writes no frames. Both cases are in the metrics
+    (``n_input``, ``from_fallback``). ``relax_cell`` also relaxes the cell at ``pressure`` (bar).
     """
 
     data: list = zntrack.deps()
     model: Any = zntrack.deps()
+    fallback: list | None = zntrack.deps(None)
     data_id: int = zntrack.params(-1)
     fmax: float = zntrack.params(0.05)
     max_step: float = zntrack.params(0.2)
     max_steps: int = zntrack.params(1000)
+    max_frames: int = zntrack.params(50)
     relax_cell: bool = zntrack.params(False)
     pressure: float = zntrack.params(0.0)
     sampling_rate: int = zntrack.params(1)
@@ -176,12 +190,30 @@ class GeometryOptimisation(zntrack.Node):
 
     def run(self) -> None:
         from lotf.dynamics.fire import FIRE
+        from lotf.nodes.frames import write_h5md
 
-        atoms = _start_structure(self.data, self.data_id, "GeometryOptimisation")
+        if self.max_frames < 1:
+            raise ValueError(f"GeometryOptimisation.max_frames must be >= 1, got {self.max_frames}")
+        data = flatten(self.data)
+        from_fallback = not data and bool(flatten(self.fallback))
+        if not data and not from_fallback:
+            write_h5md(self.frames_path, [])
+            self.metrics = {"n_input": 0, "from_fallback": 0, "converged": 0, "steps": 0, "frames": 0}
+            return
+        if from_fallback:
+            atoms = _start_structure(self.fallback, -1, "GeometryOptimisation.fallback")
+        else:
+            atoms = _start_structure(data, self.data_id, "GeometryOptimisation")
         result = FIRE(forcefield_for(self.model), fmax=self.fmax, max_step=self.max_step, max_steps=self.max_steps,
                       relax_cell=self.relax_cell, pressure=self.pressure, sampling_rate=self.sampling_rate,
-                      progress=True).run(atoms, trajectory=self.frames_path)
-        self.metrics = {"converged": int(result.converged), "steps": result.steps, "fmax": result.fmax,
+                      progress=True).run(atoms)
+        path = result.frames[1:] or result.frames[-1:]  # frame 0 is the start structure
+        if len(path) > self.max_frames:
+            keep = np.unique(np.round(np.linspace(0, len(path) - 1, self.max_frames)).astype(int))
+            path = [path[k] for k in keep]
+        write_h5md(self.frames_path, path)
+        self.metrics = {"n_input": len(data), "from_fallback": int(from_fallback), "converged": int(result.converged),
+                        "steps": result.steps, "fmax": result.fmax, "frames": len(path),
                         "energy_start": result.energies[0], "energy_final": result.energies[-1]}
 
     @property

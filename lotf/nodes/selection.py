@@ -10,6 +10,13 @@ e.g. ``other_node.frames``) and writes (IPSuite convention, so splits chain):
   e.g. ``RandomSelection(data=test_split.excluded_frames, ...)`` for the next split.
 
 Both frame lists are stored as H5MD, so downstream nodes never re-read the whole pool.
+
+``screening`` (see :mod:`lotf.selection.screening`) drops unphysical candidates before the rule
+runs: atoms closer than a per-element-pair threshold and, with ``intact_molecules`` and
+``screening_reference`` (structures with intact molecules), structures whose bond graph has a
+molecule the reference does not have. Screened structures are in neither ``frames`` nor
+``excluded_frames``; the metrics count them (``n_screened``, per reason), and ``screened.json``
+lists each one with its reason.
 """
 
 from __future__ import annotations
@@ -34,36 +41,62 @@ class _Selection(zntrack.Node):
     """Shared outputs of the selection nodes; subclasses implement :meth:`select`."""
 
     data: list[ase.Atoms] = zntrack.deps()
+    screening: dict | None = zntrack.params(None)
+    screening_reference: list | None = zntrack.deps(None)
 
     selected_ids: list[int] = zntrack.outs(independent=True)
     frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
     excluded_frames_path: Path = zntrack.outs_path(zntrack.nwd / "excluded_frames.h5")
+    screened_path: Path = zntrack.outs_path(zntrack.nwd / "screened.json")
     metrics: dict = zntrack.metrics()
 
     def select(self, frames: list[ase.Atoms], n: int | None) -> tuple[np.ndarray, dict]:
         """Indices into ``frames`` in pick order (``n`` of them) and extra metrics."""
         raise NotImplementedError
 
+    def _screen(self, frames: list[ase.Atoms]) -> tuple[np.ndarray, dict]:
+        """Indices of the frames that pass the screening, and its counts (written to screened.json)."""
+        import json
+
+        from lotf.nodes.frames import flatten
+        from lotf.selection import screening as scr
+
+        settings = scr.Screening.from_dict(self.screening)
+        reference = None
+        if settings is not None and settings.intact_molecules:
+            reference = scr.reference_kinds(flatten(self.screening_reference)[:1], settings.bond_factor)
+        result = scr.screen(frames, settings, reference)
+        dropped = [{"index": k, "reason": r, "detail": d}
+                   for k, (r, d) in enumerate(zip(result.reasons, result.details)) if r is not None]
+        Path(self.screened_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.screened_path).write_text(json.dumps(dropped, indent=1))
+        if dropped:
+            log.warning("%s: %d of %d candidates screened out (first: %s, %s)", self.name, len(dropped),
+                        len(frames), dropped[0]["reason"], dropped[0]["detail"])
+        return np.flatnonzero(result.keep), (result.counts() if settings is not None else {})
+
     def run(self) -> None:
         frames = list(self.data)
         start = time.perf_counter()
+        kept, screened = self._screen(frames)
+        pool = [frames[k] for k in kept]
         requested = getattr(self, "n_configurations", None)
         n = requested
-        if requested is not None and len(frames) < requested:
+        if requested is not None and len(pool) < requested:
             # a sampler that stopped early (or reset on every frame) leaves a short pool: select
             # what exists and record the shortfall rather than break the graph
             log.warning("%s: %d structures requested from a pool of %d; selecting all of them", self.name,
-                        requested, len(frames))
-            n = len(frames)
-        ids, extra = self.select(frames, n) if frames else ([], {})
+                        requested, len(pool))
+            n = len(pool)
+        ids, extra = self.select(pool, n) if pool else ([], {})
         if requested is not None:
             extra = {"n_requested": requested, **extra}
-        ids = [int(i) for i in ids]
+        ids = [int(kept[i]) for i in ids]  # indices into data
         chosen = set(ids)
         write_h5md(self.frames_path, [frames[i] for i in ids])
-        write_h5md(self.excluded_frames_path, [a for i, a in enumerate(frames) if i not in chosen])
+        write_h5md(self.excluded_frames_path, [frames[i] for i in kept if i not in chosen])
         self.selected_ids = ids
-        self.metrics = {"n_pool": len(frames), "n_selected": len(ids),
+        self.metrics = {"n_pool": len(frames), "n_selected": len(ids), **screened,
                         "time_s": round(time.perf_counter() - start, 3), **extra}
 
     @property

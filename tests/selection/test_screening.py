@@ -1,0 +1,110 @@
+"""Candidate screening before selection: per-element-pair contacts and intact molecules."""
+
+import json
+
+import ase
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from lotf.nodes import selection as nodes
+from lotf.selection import screening as scr
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def liquid(n: int = 4, seed: int = 0, box: float = 9.0) -> ase.Atoms:
+    """``n`` intact water molecules and ``n`` methane molecules on a grid in a periodic box."""
+    rng = np.random.default_rng(seed)
+    atoms = ase.Atoms(cell=[box] * 3, pbc=True)
+    grid = [np.array([i, j, k]) * box / 3 + 1.0 for i in range(3) for j in range(3) for k in range(3)]
+    for k in range(2 * n):
+        mol = molecule("H2O" if k % 2 == 0 else "CH4")
+        mol.rotate(rng.uniform(0, 360), rng.normal(size=3))
+        mol.translate(grid[k] + rng.normal(scale=0.05, size=3))
+        atoms += mol
+    return atoms
+
+
+def collapsed(atoms: ase.Atoms) -> ase.Atoms:
+    """Two atoms of different molecules 0.3 Å apart (a collapsed FIRE structure)."""
+    out = atoms.copy()
+    out.positions[3] = out.positions[0] + [0.3, 0.0, 0.0]  # C of the first methane onto the first O
+    return out
+
+
+def broken(atoms: ase.Atoms) -> ase.Atoms:
+    """A proton pulled 3 Å out of the first water (a dissociated MD frame); no close contact."""
+    out = atoms.copy()
+    o, h = out.positions[0], out.positions[1]
+    out.positions[1] = o + 3.0 * (h - o) / np.linalg.norm(h - o)
+    return out
+
+
+def test_pair_thresholds_follow_covalent_radii_and_explicit_pairs():
+    s = scr.Screening.from_dict({"min_distance_factor": 0.6, "pair_distances": {"H-O": 1.5}})
+    assert s.threshold("C", "H", 6, 1) == pytest.approx(0.6 * (0.76 + 0.31))
+    assert s.threshold("O", "H", 8, 1) == s.threshold("H", "O", 1, 8) == 1.5  # order does not matter
+    with pytest.raises(scr.ScreeningError, match="unknown setting 'min_dist'"):
+        scr.Screening.from_dict({"min_dist": 0.5})
+    with pytest.raises(scr.ScreeningError, match="pair_distances entry 'HO: 1.0'"):
+        scr.Screening.from_dict({"pair_distances": {"HO": 1.0}})
+    assert scr.Screening.from_dict(None) is None and scr.Screening.from_dict({}) is None
+
+
+def test_molecule_kinds_are_formula_and_bond_count_across_the_boundary():
+    atoms = liquid()
+    kinds = scr.molecule_kinds(atoms)
+    assert sorted(set(kinds)) == [("CH4", 4), ("H2O", 2)] and len(kinds) == 8
+    shifted = atoms.copy()
+    shifted.positions += [4.4, 0.0, 0.0]  # molecules cut by the periodic boundary stay molecules
+    shifted.wrap()
+    assert sorted(scr.molecule_kinds(shifted)) == sorted(kinds)
+    assert sorted(scr.molecule_kinds(broken(atoms)))[:3] == [("CH4", 4)] * 3  # four CH4, three H2O, OH and H
+    assert {("HO", 1), ("H", 0)} <= set(scr.molecule_kinds(broken(atoms)))
+
+
+def test_screen_drops_close_contacts_and_broken_molecules_with_reasons():
+    good = [liquid(seed=s) for s in range(3)]
+    frames = [good[0], collapsed(good[1]), broken(good[2]), good[1]]
+    settings = scr.Screening.from_dict({"min_distance_factor": 0.6, "intact_molecules": True})
+    result = scr.screen(frames, settings, scr.reference_kinds(good[:1]))
+    assert result.keep.tolist() == [True, False, False, True]
+    assert result.reasons == [None, "min_distance", "molecules", None]
+    assert "0.30 Å" in result.details[1] and "HO (1 bonds)" in result.details[2]
+    assert result.counts() == {"n_screened": 2, "n_screened_min_distance": 1, "n_screened_molecules": 1}
+    # contacts only: the dissociated frame passes
+    only_contacts = scr.screen(frames, scr.Screening.from_dict({"min_distance_factor": 0.6}))
+    assert only_contacts.keep.tolist() == [True, False, True, True]
+    with pytest.raises(scr.ScreeningError, match="needs reference structures"):
+        scr.screen(frames, settings, None)
+
+
+def test_selection_node_screens_before_selecting_and_counts_it(workdir):
+    good = [liquid(seed=s) for s in range(6)]
+    frames = [good[0], collapsed(good[1]), good[2], broken(good[3]), good[4], good[5]]
+    node = nodes.RandomSelection(data=frames, n_configurations=3, seed=0, screening_reference=good[:1],
+                                 screening={"min_distance_factor": 0.6, "intact_molecules": True})
+    node.run()
+    assert not {1, 3} & set(node.selected_ids) and len(node.selected_ids) == 3
+    assert len(node.excluded_frames) == 1  # 6 - 2 screened - 3 selected: screened frames are in neither list
+    assert node.metrics["n_pool"] == 6 and node.metrics["n_screened"] == 2
+    assert node.metrics["n_screened_min_distance"] == 1 and node.metrics["n_screened_molecules"] == 1
+    listed = json.loads((node.nwd / "screened.json").read_text())
+    assert [(entry["index"], entry["reason"]) for entry in listed] == [(1, "min_distance"), (3, "molecules")]
+
+    # a pool that the screening leaves short: select what passes, record what was requested
+    short = nodes.RandomSelection(data=frames[:4], n_configurations=3, seed=0, name="short",
+                                  screening={"min_distance_factor": 0.6, "intact_molecules": True},
+                                  screening_reference=good[:1])
+    short.run()
+    assert sorted(short.selected_ids) == [0, 2]
+    assert short.metrics["n_requested"] == 3 and short.metrics["n_selected"] == 2
+
+    plain = nodes.RandomSelection(data=frames, n_configurations=6, seed=0, name="plain")  # no screening: all
+    plain.run()
+    assert sorted(plain.selected_ids) == list(range(6)) and "n_screened" not in plain.metrics
