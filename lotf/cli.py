@@ -246,6 +246,15 @@ def bench_cp2k():
     typer.echo(json.dumps(_load_benchmark("cp2k").cp2k_benchmark()))
 
 
+@bench_app.command("erbs")
+def bench_erbs(duration_ps: float = typer.Option(80.0, help="ps per run (seed 2: 80); shorter runs scale the kernel interval"),
+               budget_s: float = typer.Option(3600.0, help="stop adding scan points after this many seconds"),
+               convention: str = typer.Option("code", help="code (erbs code: ΔE in k_B T, σ a variance) or text"),
+               max_erbs_runs: Optional[int] = typer.Option(None, help="at most this many ERBS runs (A and B always)")):
+    """Alanine dipeptide (Φ, Ψ) coverage of MD 300/1200 K and ERBS (seed 2 §3.1, Fig. 2)."""
+    typer.echo(json.dumps(_load_benchmark("erbs").erbs_benchmark(duration_ps, budget_s, convention, max_erbs_runs)))
+
+
 DEMO_HELP = (
     "Run a campaign end to end in a fresh git + DVC project in DIRECTORY.\n\n"
     "Copies stages/, models/ and data/ there, builds the profile and runs 'dvc repro', then prints a table "
