@@ -72,7 +72,45 @@ def build(campaigns: list[str] | None, profile: str, root: str | Path = ".") -> 
     for module in modules:
         module.build(project, profile)
     project.build()
+    quiet_node_metrics(Path("dvc.yaml"))
     return names
+
+
+SUMMARY = "summary.json"  # a campaign's one metrics file (CampaignReport.summary)
+
+
+def quiet_node_metrics(dvc_yaml: Path) -> int:
+    """Declare every stage's metrics files except the campaign summaries (``summary.json``) as
+    plain outputs, with the same cache setting.
+
+    ``dvc exp show`` and ``dvc metrics show`` list every metrics file of every stage as columns:
+    thousands for a campaign, most of them ZnTrack's ``node-meta.json`` (run time, a copy of the
+    lock entry). As outputs they stay tracked and hashed, and nodes still read them
+    (``node.metrics``), but the default view shows each campaign's summary. Returns how many
+    files were moved.
+    """
+    import yaml
+
+    graph = yaml.safe_load(dvc_yaml.read_text())
+    moved = 0
+
+    def path_of(entry) -> str:
+        return entry if isinstance(entry, str) else next(iter(entry))
+
+    for stage in (graph.get("stages") or {}).values():
+        metrics = stage.get("metrics") or []
+        keep = [m for m in metrics if Path(path_of(m)).name == SUMMARY]
+        quiet = [m for m in metrics if Path(path_of(m)).name != SUMMARY]
+        if not quiet:
+            continue
+        moved += len(quiet)
+        stage["outs"] = sorted([*(stage.get("outs") or []), *quiet], key=path_of)
+        if keep:
+            stage["metrics"] = keep
+        else:
+            del stage["metrics"]
+    dvc_yaml.write_text(yaml.safe_dump(graph))
+    return moved
 
 
 def build_into(out: str | Path, campaigns: list[str] | None, profile: str, source: str | Path = ".") -> list[str]:
