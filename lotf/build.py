@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CAMPAIGNS = ("bmim_bf4", "water")
+CAMPAIGNS = ("bmim_bf4", "water", "alanine")
 GRAPH_FILES = ("dvc.yaml", "params.yaml", "zntrack.json")
 COPIED = ("stages", "models", "data")  # what a campaign graph needs beside it
 
