@@ -11,9 +11,13 @@ Paper profile: ΔE ∈ {5, 10, 15, 20, 25}, σ ∈ {0.05, 0.1, 0.2, 0.5}, k ∈ 
 kernel variance; README "ERBS benchmark"). Smoke profile: MD 300/1200 K and ERBS A and B, 2 ps
 each with a kernel every 500 steps.
 
-Fig. 3 (paper profile only; ``crossval`` in the profile): 1800 training and 200 validation frames
-of MD-300K, MD-1200K, ERBS A and ERBS B are the subject of the follow-up nodes, which are not
-built yet (see README).
+Fig. 3 (``crossval``): 1800 random training frames (first 80 %) and 200 validation frames (last
+20 %) of MD-300K, MD-1200K, ERBS A and ERBS B, labelled with Amber99SB
+(:class:`~lotf.nodes.alanine.AlanineDataset`), one GMNN per set with seed 2's alanine
+hyperparameters (``models/alanine.yaml``: Bessel 16, r_max 5 Å, 64-64, AdamW, Huber), and the
+force MAE of every model on every validation set with the grouped bar plot
+(:class:`~lotf.nodes.alanine.CrossValidation`). The smoke profile takes 40/10 frames, 3 epochs
+and a tiny network.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import itertools
 
 import zntrack
 
-from lotf.nodes.alanine import AlanineCoverage, CoverageSummary
+from lotf.nodes import TrainModel
+from lotf.nodes.alanine import AlanineCoverage, AlanineDataset, CoverageSummary, CrossValidation
 from stages.common import BuildError, check_profile
 
 NAME = "alanine"
@@ -32,9 +37,14 @@ ERBS_B = (20.0, 0.05, 4)  # the best of seed 2's scan ("ERBS B")
 
 PROFILES = {
     "paper": dict(steps=160_000, interval=10_000, sampling_rate=20, barriers=(5.0, 10.0, 15.0, 20.0, 25.0),
-                  bandwidths=(0.05, 0.1, 0.2, 0.5), components=(2, 4, 6, 8, 10), convention="code"),
-    "smoke": dict(steps=4_000, interval=500, sampling_rate=20, points=(ERBS_A, ERBS_B), convention="code"),
+                  bandwidths=(0.05, 0.1, 0.2, 0.5), components=(2, 4, 6, 8, 10), convention="code",
+                  crossval=dict(n_train=1800, n_val=200, overrides={})),
+    "smoke": dict(steps=4_000, interval=500, sampling_rate=20, points=(ERBS_A, ERBS_B), convention="code",
+                  crossval=dict(n_train=40, n_val=10, overrides={"training": {"epochs": 3},
+                                                                 "model": {"hidden": [16], "n_basis": 6,
+                                                                           "n_radial": 2}})),
 }
+MODEL = "models/alanine.yaml"  # seed 2 Table S1, alanine dipeptide
 
 
 def scan_points(p: dict) -> list[tuple[float, float, int]]:
@@ -61,13 +71,33 @@ def build(project: zntrack.Project, profile: str) -> None:
     p = PROFILES[profile]
     common = dict(steps=p["steps"], interval=p["interval"], sampling_rate=p["sampling_rate"], timestep=0.5,
                   convention=p["convention"])
-    runs = []
+    runs, named = [], {}
     with project.group(GROUP, "baselines"):
         for t in (300.0, 1200.0):
             runs.append(AlanineCoverage(method="md", temperature=t, name=f"MD{int(t)}K", **common))
+            named[f"MD {int(t)}K"] = runs[-1]
     with project.group(GROUP, "scan"):
         for dE, s, k in scan_points(p):
             runs.append(AlanineCoverage(method="erbs", temperature=300.0, barrier=dE, bandwidth=s, n_components=k,
                                         name=run_name(dE, s, k), **common))
+            if (dE, s, k) in (ERBS_A, ERBS_B):
+                named["ERBS A" if (dE, s, k) == ERBS_A else "ERBS B"] = runs[-1]
     with project.group(GROUP, "summary"):
         CoverageSummary(runs=runs, name="CoverageSummary")
+    if "crossval" in p:
+        _cross_validation(project, p["crossval"], named)
+
+
+def _cross_validation(project: zntrack.Project, q: dict, named: dict) -> None:
+    """Fig. 3: a dataset and a GMNN per trajectory, every model on every validation set."""
+    labels = ["MD 300K", "MD 1200K", "ERBS A", "ERBS B"]
+    datasets, models = [], []
+    with project.group(GROUP, "crossval"):
+        for label in labels:
+            tag = label.replace(" ", "")
+            data = AlanineDataset(source=named[label], n_train=q["n_train"], n_val=q["n_val"], seed=0,
+                                  name=f"{tag}Data")
+            datasets.append(data)
+            models.append(TrainModel(data=data.frames, validation_data=data.validation_frames, config=MODEL,
+                                     overrides=q["overrides"], name=f"{tag}Model"))
+        CrossValidation(models=models, datasets=datasets, labels=labels, name="CrossValidation")

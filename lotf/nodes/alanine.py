@@ -264,3 +264,135 @@ class CoverageSummary(zntrack.Node):
         Path(self.table_path).parent.mkdir(parents=True, exist_ok=True)
         Path(self.table_path).write_text(json.dumps(results, indent=1))
         plot_coverage(results, curves, Path(self.figure))
+
+
+# --------------------------------------------------------------------------- Fig. 3: cross-validation
+
+
+def split_indices(n_frames: int, n_train: int, n_val: int, seed: int = 0, tail: float = 0.2):
+    """Random training indices from the first (1 - tail) of a trajectory and validation indices
+    from its last ``tail`` (seed 2: 200 validation samples from the last 20 %); fewer when the
+    trajectory is short (a dissociated run)."""
+    rng = np.random.default_rng(seed)
+    cut = int(round(n_frames * (1.0 - tail)))
+    train = np.sort(rng.choice(cut, size=min(n_train, cut), replace=False)) if cut > 0 else np.zeros(0, int)
+    val = np.sort(cut + rng.choice(n_frames - cut, size=min(n_val, n_frames - cut), replace=False))
+    return train, val
+
+
+def amber_label(frames) -> list:
+    """Frames with Amber99SB energy and forces (the JAX port, identical to OpenMM to 1e-6) attached."""
+    import jax
+    import jax.numpy as jnp
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from lotf.reference import amber
+
+    system = amber.AmberSystem()
+    fn = jax.jit(jax.value_and_grad(system.energy_fn()))
+    out = []
+    for atoms in frames:
+        amber.check_atoms(atoms, "frame to label")
+        e, g = fn(jnp.asarray(atoms.positions))
+        a = atoms.copy()
+        a.pbc = False
+        a.calc = SinglePointCalculator(a, energy=float(e), forces=-np.asarray(g))
+        out.append(a)
+    return out
+
+
+class AlanineDataset(zntrack.Node):
+    """Training and validation frames of one coverage run, labelled with Amber99SB (seed 2 §3.1:
+    1800 random training samples, 200 validation samples from the last 20 %)."""
+
+    source: AlanineCoverage = zntrack.deps()
+    n_train: int = zntrack.params(1800)
+    n_val: int = zntrack.params(200)
+    seed: int = zntrack.params(0)
+
+    metrics: dict = zntrack.metrics()
+    train_path: Path = zntrack.outs_path(zntrack.nwd / "train.h5")
+    val_path: Path = zntrack.outs_path(zntrack.nwd / "validation.h5")
+
+    def run(self) -> None:
+        from lotf.nodes.frames import write_h5md
+
+        frames = self.source.frames if hasattr(self.source, "frames") else self.source
+        train, val = split_indices(len(frames), self.n_train, self.n_val, self.seed)
+        write_h5md(self.train_path, amber_label([frames[i] for i in train]))
+        write_h5md(self.val_path, amber_label([frames[i] for i in val]))
+        self.metrics = {"n_frames": len(frames), "n_train": int(len(train)), "n_val": int(len(val))}
+
+    @property
+    def frames(self):
+        from lotf.nodes.frames import read_h5md
+
+        return read_h5md(self, self.train_path)
+
+    @property
+    def validation_frames(self):
+        from lotf.nodes.frames import read_h5md
+
+        return read_h5md(self, self.val_path)
+
+
+def force_mae(calc, frames) -> float:
+    """Mean absolute force error (eV/Å) over all components of all frames (seed 2 eq. 20)."""
+    errors = []
+    for atoms in frames:
+        ref = atoms.get_forces()
+        a = atoms.copy()
+        a.calc = calc
+        errors.append(np.abs(a.get_forces() - ref).ravel())
+    return float(np.mean(np.concatenate(errors))) if errors else float("nan")
+
+
+def plot_cross_validation(matrix: dict, path: Path) -> None:
+    """Grouped bars (Fig. 3): one group per training set, one bar per validation set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(matrix)
+    sets = list(next(iter(matrix.values()))) if matrix else []
+    width = 0.8 / max(len(sets), 1)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for k, name in enumerate(sets):
+        ax.bar(np.arange(len(models)) + (k - (len(sets) - 1) / 2) * width,
+               [1000 * matrix[m][name] for m in models], width, label=name)
+    ax.set_xticks(np.arange(len(models)), models)
+    ax.set_xlabel("training data")
+    ax.set_ylabel("force MAE / meV Å⁻¹")
+    ax.set_yscale("log")
+    ax.legend(title="validation", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+class CrossValidation(zntrack.Node):
+    """Every model on every validation set (seed 2 Fig. 3): force MAE matrix and grouped bar plot.
+
+    ``models[i]`` was trained on ``datasets[i]``; ``labels[i]`` names both (e.g. "MD 300K").
+    """
+
+    models: list = zntrack.deps()
+    datasets: list = zntrack.deps()
+    labels: list = zntrack.params()
+
+    metrics: dict = zntrack.metrics()
+    figure: Path = zntrack.plots_path(zntrack.nwd / "cross_validation.png")
+
+    def run(self) -> None:
+        if not (len(self.models) == len(self.datasets) == len(self.labels)):
+            raise ValueError(f"CrossValidation: {len(self.models)} models, {len(self.datasets)} datasets and "
+                             f"{len(self.labels)} labels must match")
+        val = {name: list(d.validation_frames) for name, d in zip(self.labels, self.datasets)}
+        matrix = {}
+        for name, model in zip(self.labels, self.models):
+            calc = model.get_calculator()
+            matrix[name] = {v: force_mae(calc, frames) for v, frames in val.items()}
+        self.metrics = {"force_mae": matrix}
+        Path(self.figure).parent.mkdir(parents=True, exist_ok=True)
+        plot_cross_validation(matrix, Path(self.figure))
