@@ -51,8 +51,8 @@ def erbs_benchmark(duration_ps: float = 80.0, budget_s: float = 3600.0, conventi
 
     if not duration_ps > 0:
         raise ValueError(f"duration_ps must be > 0, got {duration_ps}")
-    if convention not in ("code", "text"):
-        raise ValueError(f"convention must be 'code' or 'text', got {convention!r}")
+    if convention not in ("code", "code_d", "text"):
+        raise ValueError(f"convention must be 'code', 'code_d' or 'text', got {convention!r}")
     steps = int(round(duration_ps * 1000 / 0.5))
     interval = max(1, int(round(10_000 * duration_ps / 80.0)))
     sampling_rate = max(1, min(sampling_rate, steps))
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-ps", type=float, default=80.0)
     parser.add_argument("--budget-s", type=float, default=3600.0)
-    parser.add_argument("--convention", default="code", choices=("code", "text"))
+    parser.add_argument("--convention", default="code", choices=("code", "code_d", "text"))
     parser.add_argument("--max-erbs-runs", type=int, default=None)
     args = parser.parse_args(argv)
     print(json.dumps(erbs_benchmark(args.duration_ps, args.budget_s, args.convention, args.max_erbs_runs)))

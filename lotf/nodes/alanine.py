@@ -16,6 +16,10 @@ ERBS parameter conventions (``convention``), see the README section "ERBS benchm
   takes them: ΔE as a multiple of k_B T (the node's ``barrier_factor``), σ as the kernel *variance*
   ``a`` (lotf's bandwidth, a standard deviation, is √a), descriptor r_min 1.5 Å (hard-coded there),
   r_max 6 Å, 4 basis functions.
+* ``"code_d"``: as ``"code"``, and the bias uses the erbs code's kernel sum, which is the
+  normalised density times the number of CV dimensions D (P and Z are built inconsistently there).
+  V = (γ-1)/β log(D·P/Z + ε) + ΔE: 0 where nothing was deposited as in lotf, but (γ-1)/β·ln D
+  higher in visited regions (the forces of log(P/Z + ε/D)).
 * ``"text"``: as seed 2's text states them: ΔE in eV (whole system), σ a standard deviation.
 """
 
@@ -29,8 +33,26 @@ import numpy as np
 import zntrack
 from ase import units
 
-CONVENTIONS = ("code", "text")
+CONVENTIONS = ("code", "code_d", "text")
 BIN_DEG = 15.0
+
+
+def _code_kernel_erbs():
+    """ERBS with the erbs code's D-fold kernel sum, V = (γ-1)/β log(D·P/Z + ε) + ΔE (``convention="code_d"``):
+    still 0 where nothing was deposited, (γ-1)/β·ln D higher than lotf's where P/Z ≫ ε."""
+    import jax.numpy as jnp
+
+    from lotf.dynamics.biases import ERBS, log_density
+
+    class CodeKernelERBS(ERBS):
+        def energy_from_cv(self, state, s, n_atoms):
+            barrier = self.total_barrier(n_atoms)
+            gamma = barrier / self.kT
+            log_eps = -gamma / (gamma - 1.0)
+            log_p = log_density(s, state.kernels) + jnp.log(float(self.n_components))  # the code's D-fold sum
+            return (gamma - 1.0) * self.kT * jnp.logaddexp(log_p - state.log_z, log_eps) + barrier
+
+    return CodeKernelERBS
 
 
 def erbs_bias(barrier: float, bandwidth: float, n_components: int, interval: int, convention: str = "code",
@@ -40,12 +62,13 @@ def erbs_bias(barrier: float, bandwidth: float, n_components: int, interval: int
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
-    if convention == "code":
+    cls = _code_kernel_erbs() if convention == "code_d" else ERBS
+    if convention in ("code", "code_d"):
         barrier_ev = barrier * units.kB * temperature
         sigma = float(np.sqrt(bandwidth))
     else:
         barrier_ev, sigma = barrier, bandwidth
-    return ERBS(temperature=temperature, barrier=float(barrier_ev), per_atom=False, bandwidth=sigma,
+    return cls(temperature=temperature, barrier=float(barrier_ev), per_atom=False, bandwidth=sigma,
                 n_components=int(n_components), interval=int(interval), r_min=1.5, r_max=6.0, n_basis=4)
 
 

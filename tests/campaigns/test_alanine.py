@@ -139,3 +139,27 @@ def test_smoke_profile_builds_the_cross_validation_of_the_four_datasets():
     model, train = load_preset(alanine.MODEL)
     assert (model["basis"], model["n_basis"], model["r_max"], model["hidden"]) == ("bessel", 16, 5.0, [64, 64])
     assert train.optimizer == "adamw"
+
+
+def test_code_kernel_bias_is_zero_when_unexplored_and_higher_by_ln_d_in_visited_regions():
+    import jax.numpy as jnp
+
+    d = 4
+    lotf_bias = nodes.erbs_bias(20.0, 0.05, d, 10, "code")
+    code_bias = nodes.erbs_bias(20.0, 0.05, d, 10, "code_d")
+    assert type(code_bias).__name__ == "CodeKernelERBS" and code_bias.barrier == lotf_bias.barrier
+    state = lotf_bias.init_state(4)
+    g = jnp.linspace(0.0, 1.0, lotf_bias.n_features)
+    state = lotf_bias.deposit(state, g)
+    state = lotf_bias.deposit(state, g * 1.01)
+    far = jnp.full(d, 1e3)
+    assert float(code_bias.energy_from_cv(state, far, 22)) == pytest.approx(0.0, abs=1e-9)
+    assert float(lotf_bias.energy_from_cv(state, far, 22)) == pytest.approx(0.0, abs=1e-9)
+    at = lotf_bias.project(state, g)
+    gamma = lotf_bias.barrier / lotf_bias.kT
+    pre, eps = (gamma - 1) * lotf_bias.kT, np.exp(-gamma / (gamma - 1))
+    ratio = np.exp((float(lotf_bias.energy_from_cv(state, at, 22)) - lotf_bias.barrier) / pre) - eps  # P/Z
+    assert ratio > 0.5
+    expected = pre * np.log(d * ratio + eps) + lotf_bias.barrier
+    assert float(code_bias.energy_from_cv(state, at, 22)) == pytest.approx(expected, rel=1e-9)
+    assert expected - float(lotf_bias.energy_from_cv(state, at, 22)) > 0.5 * pre * np.log(d)
