@@ -171,6 +171,9 @@ def iterations(steps: int, npt_steps: int, long_steps: int, rate: int, scale: fl
              {"start": "geo_opt", "sampling": _npt(long_steps, 10 * rate, temperature=298.15, timestep=0.5, checks=[],
                                                    d3=HYBRID_D3), "n_select": c(80), "n_validation": c(40)}]}},
     ]
+    for row in rows:  # every MD and FIRE pool: no close contacts, every molecule intact
+        if "sampling" in row:
+            row["screening"] = SCREENING
     return rows
 
 
@@ -221,8 +224,8 @@ PROFILES = {
             erbs_barriers=[0.1, 0.5, 1.5, 2.5], erbs_bandwidths=[0.5, 1.0, 2.0, 5.0], erbs_components=[1, 2, 3, 4])),
     ),
     "smoke": dict(
-        pairs=4, seed_steps=2_000, seed_interval=200, cp2k="data/cp2k/test-xtb.yaml",
-        cp2k_nod3="data/cp2k/test-xtb.yaml", cp2k_run={"n_ranks": 1, "n_threads": 1}, n_test=2, n_val=2,
+        pairs=4, seed_steps=2_000, seed_interval=200, cp2k="data/cp2k/test-xtb-bmim-smoke.yaml",
+        cp2k_nod3="data/cp2k/test-xtb-bmim-smoke.yaml", cp2k_run={"n_ranks": 1, "n_threads": 1}, n_test=2, n_val=2,
         n_train=3, n_ml0=1, model="models/smoke.yaml", final="models/smoke.yaml", overrides={},
         # one row of every kind: NVT + FIRE, both modifiers, conformer boxes, volume scan + NPT,
         # the D3-free NPT + FIRE of ML16 and ML17's three samplers (hybrid MLP + D3 included)

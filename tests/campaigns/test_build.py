@@ -35,7 +35,7 @@ def test_paper_build_is_deterministic_and_matches_committed_files(tmp_path):
         assert (project / name).read_bytes() == first[name], f"{name} differs between two builds"
         assert filecmp.cmp(project / name, REPO / name, shallow=False), f"committed {name} is stale: run lotf build"
     dvc_yaml = first["dvc.yaml"].decode()
-    for stage in ("bmim-bf4_ML15_TrainModel", "bmim-bf4_final_ModelDFT-D3-20", "water_erbs_AL10_MDSampling",
+    for stage in ("bmim-bf4_ML15_TrainModel", "bmim-bf4_ML17_ModelDFT-D3-20", "water_erbs_AL10_MDSampling",
                   "water_md_AL10_TrainModel", "bmim-bf4_report_CampaignReport"):
         assert f"{stage}:" in dvc_yaml
 
@@ -86,19 +86,20 @@ def test_paper_production_follows_seed_1_and_seed_2():
     assert sorted(v["count"][0] for v in boxes.values()) == [8, 10, 16, 32]
     assert all(v["density"] == 0.9 for v in boxes.values())
     # NVT production uses MLP(D3(8 Å)); NPT densities: trained and hybrid models at every temperature
-    assert "nodes/bmim-bf4/final/ModelDFT-D3-8/model" in stages["bmim-bf4_production_nvt-16_NVT353K"]["deps"]
+    assert "nodes/bmim-bf4/ML17/ModelDFT-D3-8/model" in stages["bmim-bf4_production_nvt-16_NVT353K"]["deps"]
     npt = {k: v for k, v in params.items() if k.startswith("bmim-bf4_production_npt_NPT")}
     assert len(npt) == 25 and all(v["ensemble"] == "npt" and v["steps"] * v["timestep"] == 1e6 for v in npt.values())
     assert all(v["equilibration_steps"] * v["timestep"] == 200e3 for v in npt.values())  # 200 ps NVT first
     hybrid = {k: v["d3"]["cutoff"] for k, v in npt.items() if v["d3"]}
     assert sorted(set(hybrid.values())) == [8.0, 20.0] and len(hybrid) == 10
     for name in hybrid:  # the hybrid adds D3 to the model trained without it
-        assert "nodes/bmim-bf4/final/ModelDFT/model" in stages[name]["deps"]
+        assert "nodes/bmim-bf4/ML17/ModelDFT/model" in stages[name]["deps"]
     assert sorted(params["bmim-bf4_production_npt_Densities"]["labels"]) == sorted(
         ["MLP", "MLP(D3(8 Å))", "MLP(D3(20 Å))", "MLP+D3(8 Å)", "MLP+D3(20 Å)"] * 5)
     assert len(params["bmim-bf4_production_diffusion_Arrhenius"]["groups"]) == 4
     # seed 2: the BMIM exploration scan (MD, 6 x 4 UDD grid, ERBS one parameter at a time) and water D
-    runs = [k for k in params if k.startswith("bmim-bf4_exploration_") and not k.endswith("Metrics")]
+    runs = [k for k in params if k.startswith("bmim-bf4_exploration_")
+            and not k.endswith(("Metrics", "_Model", "_TrainSubset"))]  # the runs, not their model
     assert sum("UDD" in k for k in runs) == 24 and sum("ERBS" in k for k in runs) == 10 and len(runs) == 35
     trend = params["water_production_DiffusionTrend"]
     assert trend["reference"] == 241.0 and trend["series"].count("erbs") == trend["series"].count("md") == 11
