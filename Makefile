@@ -10,11 +10,14 @@ setup: system-packages python-env
 
 # CP2K and GROMACS come from Debian (DESIGN.md); Packmol comes from PyPI (pyproject.toml),
 # because Debian's Packmol 20.14 rejects the `pbc` keyword that periodic packing needs.
+# slurm-wlm and munge: the slow tier's throw-away SLURM (tests/reference/slurm_cluster.py).
 system-packages:
-	@if ! command -v cp2k.psmp >/dev/null || ! command -v gmx >/dev/null || ! command -v mpirun >/dev/null; then \
+	@if ! command -v cp2k.psmp >/dev/null || ! command -v gmx >/dev/null || ! command -v mpirun >/dev/null \
+		|| ! command -v sbatch >/dev/null || ! [ -x /usr/sbin/slurmctld ] || ! [ -x /usr/sbin/munged ]; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq cp2k cp2k-data gromacs openmpi-bin git >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq cp2k cp2k-data gromacs openmpi-bin git \
+			slurm-wlm munge >/dev/null; \
 	fi
 
 # uv from PyPI if it is missing, then the locked environment in .venv. Bytecode is compiled at

@@ -124,22 +124,69 @@ def predict(model_dir: Path, inp: Path, out: Path):
     typer.echo(f"wrote {len(results)} structures to {out}")
 
 
+def _cluster_config(path: Path) -> dict:
+    """The Dask cluster config of ``--cluster-config`` (YAML or JSON mapping)."""
+    import yaml
+
+    with _naming(path, "cluster config: "):
+        config = yaml.safe_load(Path(path).read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f"needs a mapping (kind: local, slurm, pbs or address), got {config!r}")
+    return config
+
+
+def _print_job_script(path: Path) -> None:
+    """``lotf label --cluster-config FILE --dry-run``: the job script, nothing submitted."""
+    from lotf.reference.labelling import make_cluster
+
+    config = _cluster_config(path)
+    kind = str(config.get("kind", "local")).lower()
+    if kind not in ("slurm", "pbs"):
+        raise CommandError(f"{path}: --dry-run shows the job script of a slurm or pbs cluster, "
+                           f"this config is kind '{kind}'")
+    options = dict(config.get("scheduler_options") or {})
+    options.setdefault("dashboard_address", ":0")  # no dashboard port clash warning for a dry run
+    with _naming(path, "cluster config: "):
+        cluster, _ = make_cluster({**config, "scheduler_options": options}, scale=False)
+    try:
+        typer.echo(cluster.job_script().rstrip("\n"))
+    finally:
+        cluster.close()
+
+
 @app.command()
-def label(settings: Path, inp: Path, out: Path,
+def label(settings: Optional[Path] = typer.Argument(None, help="CP2K settings YAML"),
+          inp: Optional[Path] = typer.Argument(None, help="structures to label"),
+          out: Optional[Path] = typer.Argument(None, help="labelled structures (written)"),
           n_ranks: int = typer.Option(1, help="MPI ranks per CP2K run"),
-          n_threads: int = typer.Option(1, help="OpenMP threads per rank")):
+          n_threads: int = typer.Option(1, help="OpenMP threads per rank"),
+          cluster_config: Optional[Path] = typer.Option(
+              None, "--cluster-config", help="YAML/JSON Dask cluster config, e.g. kind: slurm, queue, "
+              "cores, memory, jobs, account, walltime, job_script_prologue (default: run here)"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="print the job script that "
+                                       "--cluster-config would submit, and submit nothing")):
     """Label every structure of INP with CP2K single points (resumable) into OUT.
 
     Fails (non-zero exit) when no structure could be labelled; when some fail, one warning line.
+    With --cluster-config the structures run on that Dask cluster (SLURM/PBS jobs through
+    dask-jobqueue); --dry-run prints its job script instead.
     """
     from lotf.reference.labelling import label_file
     from lotf.reference.labelling import log as label_log
 
+    if dry_run:
+        if cluster_config is None:
+            raise CommandError("--dry-run needs --cluster-config FILE (a slurm or pbs cluster)")
+        _print_job_script(cluster_config)
+        return
+    if settings is None or inp is None or out is None:
+        raise CommandError("label needs SETTINGS IN OUT (or --cluster-config FILE --dry-run)")
+    cluster = _cluster_config(cluster_config) if cluster_config is not None else None
     level = label_log.level
     label_log.setLevel(logging.ERROR)  # the failure count is reported below, in one line
     try:
         report = label_file(settings, inp, out, n_ranks=n_ranks, n_threads=n_threads,
-                            progress=sys.stderr.isatty())
+                            cluster=cluster, progress=sys.stderr.isatty())
     except ValueError as exc:
         message = _one_line(exc)
         if message.startswith("frame "):  # a structure of INP (mixed pbc, ...): name the file

@@ -134,3 +134,50 @@ def test_demo_help_describes_the_oracle_and_smoke_demos():
     assert "predict" not in text.lower()  # the old train-and-predict demo is gone
     overview = " ".join(CliRunner().invoke(cli.app, ["--help"]).output.split())
     assert "Run a campaign end to end" in overview
+
+
+def test_label_dry_run_prints_the_slurm_job_script_and_submits_nothing(tmp_path):
+    """No SLURM needed: dask-jobqueue renders the script; sbatch is never called."""
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({
+        "kind": "slurm", "queue": "cpu", "account": "chem42", "cores": 32, "memory": "64GB",
+        "walltime": "04:00:00", "jobs": 8, "job_script_prologue": ["module load cp2k/2024.1"]}))
+    env_path = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "sbatch").write_text("#!/bin/sh\ntouch submitted\nexit 1\n")
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    env = dict(os.environ, PATH=env_path)
+    proc = subprocess.run([LOTF, "label", "--cluster-config", "cluster.yaml", "--dry-run"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    assert script.startswith("#!/usr/bin/env bash")
+    for line in ("#SBATCH -p cpu", "#SBATCH -A chem42", "#SBATCH --cpus-per-task=32", "#SBATCH -t 04:00:00",
+                 "module load cp2k/2024.1"):
+        assert line in script.splitlines(), script
+    worker = script.strip().splitlines()[-1]
+    assert "distributed.cli.dask_worker" in worker and worker.endswith("--nthreads 1")  # one chunk at a time
+    assert not (tmp_path / "submitted").exists() and proc.stderr == ""
+
+
+@pytest.mark.parametrize("args, config, match", [
+    (["--dry-run"], None, "--dry-run needs --cluster-config"),
+    (["--cluster-config", "c.yaml", "--dry-run"], {"kind": "local", "n_workers": 2}, "kind 'local'"),
+    (["--cluster-config", "c.yaml", "--dry-run"], {"kind": "pbs", "cores": 8}, "needs 'memory'"),
+    (["--cluster-config", "c.yaml", "--dry-run"], "just text", "c.yaml: cluster config: needs a mapping"),
+    (["--cluster-config", "c.yaml"], {"kind": "slurm", "cores": 1, "memory": "1GB"}, "needs SETTINGS IN OUT"),
+])
+def test_label_cluster_config_errors_are_one_line(tmp_path, args, config, match):
+    if config is not None:
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert match in one_error_line(lotf("label", *args, cwd=tmp_path))
+
+
+def test_label_dry_run_of_a_pbs_config(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"kind": "pbs", "queue": "workq", "cores": 16,
+                                                    "memory": "32GB", "walltime": "02:00:00"}))
+    proc = lotf("label", "--cluster-config", "c.yaml", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "#PBS -q workq" in lines and "#PBS -l walltime=02:00:00" in lines
+    assert any(line.startswith("#PBS -l select=1:ncpus=16:mem=") for line in lines), proc.stdout
+    assert proc.stderr == ""

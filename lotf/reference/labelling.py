@@ -208,12 +208,17 @@ def make_cluster(config: Mapping[str, Any], *, scale: bool = True) -> tuple[Any,
     ``{"kind": "local", "n_workers": 2, "processes": True}``: a LocalCluster (one thread per worker);
     ``{"kind": "slurm" | "pbs", "cores": .., "memory": .., "jobs": N, ...}``: dask-jobqueue
     SLURMCluster/PBSCluster with one worker per job (other keys go to the cluster class, e.g.
-    ``queue``, ``walltime``, ``account``, ``job_extra_directives``), scaled to ``jobs`` jobs;
+    ``queue`` (the partition), ``walltime``, ``account``, ``job_extra_directives``,
+    ``job_script_prologue``, ``log_directory``), with ``jobs`` jobs submitted before this returns:
+    a job the scheduler refuses (unknown partition or account, ...) raises a
+    :class:`CP2KSetupError` of one line naming the queue. ``start_timeout`` (seconds, default: wait
+    as long as the queue takes) is read by :func:`label_frames`, not by the cluster;
     ``{"kind": "address", "address": "tcp://host:8786", "n_workers": N}``: an existing scheduler.
     ``scale=False`` builds a jobqueue cluster without submitting jobs (to inspect its job script).
     """
     cfg = dict(config)
     kind = str(cfg.pop("kind", "local")).lower()
+    cfg.pop("start_timeout", None)
     if kind == "local":
         from distributed import LocalCluster
 
@@ -228,18 +233,59 @@ def make_cluster(config: Mapping[str, Any], *, scale: bool = True) -> tuple[Any,
         cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
         jobs = int(cfg.pop("jobs", 1))
         cfg.setdefault("processes", 1)  # one worker per job: CP2K uses the job's cores via MPI/OpenMP
+        # ... and one task at a time per worker (dask-jobqueue gives a worker cores/processes
+        # threads, which would run that many chunks, each CP2K on all the cores, at once); the
+        # last --nthreads on the worker's command line wins
+        cfg["worker_extra_args"] = [*cfg.get("worker_extra_args", []), "--nthreads", "1"]
         for required in ("cores", "memory"):
             if required not in cfg:
                 raise CP2KSetupError(f"cluster config (kind {kind}) needs '{required}'")
         cluster = cls(**cfg)
         if scale:
-            cluster.scale(jobs=jobs)
+            _submit_jobs(cluster, jobs, kind, cfg)
         return cluster, jobs * int(cfg["processes"])
     if kind == "address":
         if "address" not in cfg:
             raise CP2KSetupError("cluster config (kind address) needs 'address'")
         return cfg["address"], int(cfg.get("n_workers", 1))
     raise CP2KSetupError(f"cluster config: unknown kind '{kind}' (local, slurm, pbs, address)")
+
+
+def _submit_jobs(cluster, jobs: int, kind: str, cfg: Mapping[str, Any]) -> None:
+    """Submit ``jobs`` worker jobs and wait until sbatch/qsub has answered for each.
+
+    ``cluster.scale()`` submits in the background: a job the scheduler refuses only logs a
+    traceback, and the run would wait for its worker forever. Here the refusal raises a
+    CP2KSetupError of one line, and the cluster is closed."""
+    from distributed.core import Status
+
+    async def submit() -> None:
+        for _ in range(jobs):
+            cluster.worker_spec.update(cluster.new_worker_spec())
+        await cluster._correct_state()  # what scale() schedules, awaited here
+
+    try:
+        cluster.sync(submit)
+    except RuntimeError as exc:
+        for job in list(cluster.workers.values()):
+            if job.status == Status.created:  # never submitted: nothing to cancel
+                job.status = Status.failed
+        cluster.close()
+        raise CP2KSetupError(_refusal(kind, cfg, exc)) from None
+
+
+def _refusal(kind: str, cfg: Mapping[str, Any], exc: Exception) -> str:
+    """One line for a worker job that sbatch/qsub refused: the queue, then the scheduler's reason
+    (dask-jobqueue raises a RuntimeError holding the command's whole stdout and stderr)."""
+    text = str(exc)
+    stderr = text.split("stderr:", 1)[1] if "stderr:" in text else text
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    reason = next((line for line in lines if "error" in line.lower()), lines[0] if lines else text)
+    queue = cfg.get("queue")
+    where = f"partition '{queue}'" if kind == "slurm" else f"queue '{queue}'"
+    if queue is None:
+        where = "the default partition" if kind == "slurm" else "the default queue"
+    return f"{kind.upper()} refused the worker job for {where}: {reason}"
 
 
 def _chunks(items: list, n_workers: int, chunk_size: int | None) -> list[list]:
@@ -360,36 +406,69 @@ def label_frames(
 
 
 def _run_dask(pending, settings, store, options, cluster_cfg, chunk_size, bar, errors):
-    from distributed import Client, as_completed
+    """Run the chunks on a Dask cluster. Records are stored by the workers as they finish, and a
+    chunk re-run after its worker was lost takes them from the store (``since``). A jobqueue
+    cluster gets back the jobs it loses while chunks are left (a job cancelled, killed at its
+    walltime): they are submitted again."""
+    from distributed import Client, wait
 
     since = time.time()
+    kind = str(cluster_cfg.get("kind", "local")).lower()
     cluster, n_workers = make_cluster(cluster_cfg)
     cores = n_workers * options["n_ranks"] * options["n_threads"]
-    if str(cluster_cfg.get("kind", "local")) == "local" and cores > (os.cpu_count() or 1):
+    if kind == "local" and cores > (os.cpu_count() or 1):
         log.warning("%d local workers x %d ranks x %d threads oversubscribe %d cores", n_workers,
                     options["n_ranks"], options["n_threads"], os.cpu_count())
+    jobqueue = kind in ("slurm", "pbs")
     done = []
     try:
         with Client(cluster) as client:
+            if jobqueue and cluster_cfg.get("start_timeout") is not None:
+                _wait_for_a_worker(client, cluster, cluster_cfg)
             futures = {
                 client.submit(_run_chunk, chunk, settings, str(store.root), options, since,
                               pure=False): chunk
                 for chunk in _chunks(pending, n_workers, chunk_size)
             }
-            for fut in as_completed(futures):
-                chunk = futures[fut]
+            left = set(futures)
+            while left:
                 try:
-                    out = fut.result()
-                except Exception as exc:  # worker lost, killed, ...: report, do not cache
-                    for _, key, _ in chunk:
-                        errors[key] = f"Dask task failed: {type(exc).__name__}: {exc}"
-                    out = []
-                done += out
-                bar.update(len(chunk))
+                    finished, left = wait(left, timeout=5, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    finished = set()
+                for fut in finished:
+                    chunk = futures[fut]
+                    try:
+                        out = fut.result()
+                    except Exception as exc:  # worker lost too often, killed, ...: report, do not cache
+                        for _, key, _ in chunk:
+                            errors[key] = f"Dask task failed: {type(exc).__name__}: {exc}"
+                        out = []
+                    done += out
+                    bar.update(len(chunk))
+                if jobqueue and left:
+                    # jobs whose worker left (scancel, walltime, node failure) are dropped from
+                    # the cluster after distributed.deploy.lost-worker-timeout; this submits
+                    # their replacements (a no-op while every job is there)
+                    cluster.scale(jobs=int(cluster_cfg.get("jobs", 1)))
     finally:
         if not isinstance(cluster, str):
             cluster.close()
     return done
+
+
+def _wait_for_a_worker(client, cluster, cluster_cfg) -> None:
+    """Raise CP2KSetupError when no worker job has started within ``start_timeout`` seconds."""
+    timeout = float(cluster_cfg["start_timeout"])
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        ids = [getattr(job, "job_id", None) for job in getattr(cluster, "workers", {}).values()]
+        ids = ", ".join(str(i) for i in ids if i) or "none"
+        queue = cluster_cfg.get("queue")
+        where = f" in queue '{queue}'" if queue is not None else ""
+        raise CP2KSetupError(f"no worker job started within {timeout:g} s{where} (jobs {ids}: "
+                             "see squeue/qstat for why they wait)") from None
 
 
 # --------------------------------------------------------------------------------------------
