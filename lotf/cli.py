@@ -144,10 +144,8 @@ def _print_job_script(path: Path) -> None:
     if kind not in ("slurm", "pbs"):
         raise CommandError(f"{path}: --dry-run shows the job script of a slurm or pbs cluster, "
                            f"this config is kind '{kind}'")
-    options = dict(config.get("scheduler_options") or {})
-    options.setdefault("dashboard_address", ":0")  # no dashboard port clash warning for a dry run
     with _naming(path, "cluster config: "):
-        cluster, _ = make_cluster({**config, "scheduler_options": options}, scale=False)
+        cluster, _ = make_cluster(config, scale=False)
     try:
         typer.echo(cluster.job_script().rstrip("\n"))
     finally:

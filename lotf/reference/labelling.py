@@ -237,6 +237,8 @@ def make_cluster(config: Mapping[str, Any], *, scale: bool = True) -> tuple[Any,
         # threads, which would run that many chunks, each CP2K on all the cores, at once); the
         # last --nthreads on the worker's command line wins
         cfg["worker_extra_args"] = [*cfg.get("worker_extra_args", []), "--nthreads", "1"]
+        # the scheduler runs in this process: its dashboard on a free port unless one is given
+        cfg["scheduler_options"] = {"dashboard_address": ":0", **(cfg.get("scheduler_options") or {})}
         for required in ("cores", "memory"):
             if required not in cfg:
                 raise CP2KSetupError(f"cluster config (kind {kind}) needs '{required}'")
