@@ -227,11 +227,12 @@ PROFILES = {
         pairs=4, seed_steps=2_000, seed_interval=200, cp2k="data/cp2k/test-xtb-bmim-smoke.yaml",
         cp2k_nod3="data/cp2k/test-xtb-bmim-smoke.yaml", cp2k_run={"n_ranks": 1, "n_threads": 1}, n_test=2, n_val=2,
         n_train=3, n_ml0=1, model="models/smoke.yaml", final="models/smoke.yaml", overrides={},
-        # one row of every kind: NVT + FIRE, both modifiers, conformer boxes, volume scan + NPT,
-        # the D3-free NPT + FIRE of ML16 and ML17's three samplers (hybrid MLP + D3 included)
+        # one row of every kind: conformer boxes (ML11), NVT + FIRE with both modifiers (ML12),
+        # volume scan + NPT (ML13), the D3-free branch with FIRE, NVT and the hybrid MLP + D3 NPT
+        # (ML17, which relabels the data without D3 first, as ML16 does in the paper profile)
         rows=[row for row in iterations(steps=100, npt_steps=100, long_steps=100, rate=10, scale=0.02, vs_boxes=1,
                                         vs_points=4)
-              if row["name"] in ("ML1", "ML11", "ML12", "ML13", "ML16", "ML17")],
+              if row["name"] in ("ML11", "ML12", "ML13", "ML17")],
         final_models=["DFT", "DFT-D3-8"],
         production=dict(
             temperatures=[313.0, 353.0], sizes=[4, 5], compress_steps=100, equilibration_steps=20, steps=200, rate=5,

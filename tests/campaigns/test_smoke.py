@@ -26,12 +26,12 @@ def test_demo_runs_both_smoke_campaigns_and_second_run_is_a_no_op(tmp_path):
 
     # one iteration's parameter changed: only that iteration's stage is out of date upstream-wise
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["bmim-bf4_ML1_MDSampling"]["steps"] += 20
+    params["bmim-bf4_ML12_MDSampling"]["steps"] += 20
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True).stdout
     changed = [line.rstrip(":") for line in status.splitlines() if line and not line.startswith((" ", "\t"))]
-    assert changed == ["bmim-bf4_ML1_MDSampling"]
+    assert changed == ["bmim-bf4_ML12_MDSampling"]
     rerun = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True)
     assert rerun.returncode == 0
     assert "bmim-bf4_classical" not in rerun.stdout and "bmim-bf4_ML0" not in rerun.stdout
-    assert "Running stage 'bmim-bf4_ML1_MDSampling'" in rerun.stdout
+    assert "Running stage 'bmim-bf4_ML12_MDSampling'" in rerun.stdout
