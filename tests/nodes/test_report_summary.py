@@ -51,25 +51,26 @@ def test_campaign_report_writes_a_summary_with_final_errors(tmp_path, monkeypatc
 
 def test_built_graph_shows_only_the_campaign_summary_as_metrics(tmp_path):
     project = fresh_project(tmp_path / "p")
-    run = lotf("build", "bmim_bf4", "--profile", "smoke", cwd=project)
+    run = lotf("build", "water", "--profile", "smoke", cwd=project)
     assert run.returncode == 0, run.stderr
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     declared = {name: [m if isinstance(m, str) else next(iter(m)) for m in stage.get("metrics", [])]
                 for name, stage in stages.items()}
-    assert {k: v for k, v in declared.items() if v} == {
-        "bmim-bf4_report_CampaignReport": ["nodes/bmim-bf4/report/CampaignReport/summary.json"]}
-    train = stages["bmim-bf4_ML1_TrainModel"]
+    summaries = {f"water_{w}_report_CampaignReport": [f"nodes/water/{w}/report/CampaignReport/summary.json"]
+                 for w in ("erbs", "md")}  # the campaign's two workflows, one report each
+    assert {k: v for k, v in declared.items() if v} == summaries
+    train = stages["water_md_AL1_TrainModel"]
     outs = [o if isinstance(o, str) else next(iter(o)) for o in train["outs"]]
-    assert "nodes/bmim-bf4/ML1/TrainModel/metrics.json" in outs  # still tracked, only not a metric
-    assert {"nodes/bmim-bf4/ML1/TrainModel/node-meta.json": {"cache": True}} in train["outs"]
+    assert "nodes/water/md/AL1/TrainModel/metrics.json" in outs  # still tracked, only not a metric
+    assert {"nodes/water/md/AL1/TrainModel/node-meta.json": {"cache": True}} in train["outs"]
 
-    # with files in place, DVC's metrics view lists the summary alone
-    for path, content in (("nodes/bmim-bf4/report/CampaignReport/summary.json", {"n_test": 2}),
-                          ("nodes/bmim-bf4/ML1/TrainModel/metrics.json", {"val_loss": 1.0}),
-                          ("nodes/bmim-bf4/ML1/TrainModel/node-meta.json", {"run_time": 1.0})):
+    # with files in place, DVC's metrics view lists the summaries alone
+    for path, content in (("nodes/water/md/report/CampaignReport/summary.json", {"n_test": 2}),
+                          ("nodes/water/md/AL1/TrainModel/metrics.json", {"val_loss": 1.0}),
+                          ("nodes/water/md/AL1/TrainModel/node-meta.json", {"run_time": 1.0})):
         (project / path).parent.mkdir(parents=True, exist_ok=True)
         (project / path).write_text(json.dumps(content))
     shown = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=project, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     files = json.loads(shown.stdout)[""]["data"]
-    assert list(files) == ["nodes/bmim-bf4/report/CampaignReport/summary.json"]
+    assert [f for f in files if "error" not in files[f]] == ["nodes/water/md/report/CampaignReport/summary.json"]
