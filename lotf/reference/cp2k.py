@@ -41,6 +41,7 @@ __all__ = [
     "CP2KError",
     "CP2KSetupError",
     "CP2KRunError",
+    "CP2KInterrupted",
     "CP2KSettings",
     "CP2KRunner",
     "load_settings",
@@ -94,6 +95,12 @@ class CP2KRunError(CP2KError):
         super().__init__(reason)
         self.reason = reason
         self.log_tail = log_tail
+
+
+class CP2KInterrupted(CP2KError):
+    """CP2K was killed by a signal (its batch job cancelled or at its walltime, Ctrl-C, the
+    out-of-memory killer): says nothing about the structure, so it is never recorded as a
+    failure; the structure runs again (a re-run Dask task or the next run)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -735,6 +742,8 @@ class CP2KRunner:
         out_path = self.workdir / OUTPUT_NAME
         text = out_path.read_text(errors="replace") if out_path.is_file() else ""
         _, _, stress = self.settings.template(periodic, self.executable)
+        if proc.returncode < 0:
+            raise CP2KInterrupted(f"CP2K was killed by signal {-proc.returncode}")
         if proc.returncode != 0:
             reason = _abort_message(text) or _abort_message(proc.stderr)
             tail = "\n".join((text + "\n" + proc.stderr).strip().splitlines()[-25:])

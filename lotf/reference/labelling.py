@@ -7,6 +7,8 @@
   and started again recomputes nothing that had finished.
 * Failures (SCF not converged, CP2K crash, timeout) are recorded with their reason, cached like
   results (``retry_failed=True`` runs them again), left out of the labelled frames and counted.
+  A CP2K killed by a signal (a cancelled batch job, Ctrl-C) is not a failure of the structure:
+  nothing is recorded and it runs again.
 * Distributed: pending structures are cut into contiguous chunks; each chunk is one Dask task
   that runs its structures one after another in one working directory, so the wavefunction of
   one structure seeds the next. A LocalCluster, a dask-jobqueue SLURM/PBS cluster or an existing
@@ -428,8 +430,10 @@ def _run_dask(pending, settings, store, options, cluster_cfg, chunk_size, bar, e
             if jobqueue and cluster_cfg.get("start_timeout") is not None:
                 _wait_for_a_worker(client, cluster, cluster_cfg)
             futures = {
+                # retries: a chunk whose CP2K was killed by a signal (CP2KInterrupted: its job is
+                # being cancelled while the worker still answers) runs again elsewhere
                 client.submit(_run_chunk, chunk, settings, str(store.root), options, since,
-                              pure=False): chunk
+                              pure=False, retries=2): chunk
                 for chunk in _chunks(pending, n_workers, chunk_size)
             }
             left = set(futures)

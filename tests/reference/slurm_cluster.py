@@ -27,6 +27,7 @@ from pathlib import Path
 DAEMONS = {"munged": "munge", "slurmctld": "slurm-wlm", "slurmd": "slurm-wlm"}
 CLIENTS = ("sbatch", "squeue", "sinfo", "scancel", "munge")
 PARTITION = "debug"
+DOWN = "down"  # a partition that accepts jobs and never starts them
 
 
 def _find(name: str) -> str | None:
@@ -139,6 +140,7 @@ MinJobAge=30
 KillWait=5
 NodeName={node} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 1} RealMemory={_memory_mb()} State=UNKNOWN
 PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName={DOWN} Nodes=ALL Default=NO MaxTime=INFINITE State=DOWN
 """)
     return conf
 

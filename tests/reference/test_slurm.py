@@ -1,7 +1,8 @@
 """CP2K labelling through dask-jobqueue on a real (single-node, throw-away) SLURM cluster.
 
-Slow tier. The module starts munged, slurmctld and slurmd (tests/reference/slurm_cluster.py)
-and skips, naming the reason, where this machine cannot run them (not root, packages missing).
+Slow tier (all but the first test). The module starts munged, slurmctld and slurmd
+(tests/reference/slurm_cluster.py) and skips, naming the reason, where this machine cannot run
+them (not root, packages missing).
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ import pytest
 from ase import Atoms
 from ase.build import molecule
 
-from lotf.reference.cp2k import CP2KSetupError
+from lotf.reference.cp2k import CP2KInterrupted, CP2KSetupError
 from lotf.reference.labelling import ResultStore, label_frames
 
 from .slurm_cluster import running_slurm, why_not
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 XTB = ROOT / "data" / "cp2k" / "test-xtb.yaml"
@@ -75,6 +74,28 @@ def stored(store: Path) -> dict[str, tuple[int, dict]]:
     return {p.stem: (p.stat().st_mtime_ns, rs.get(p.stem)) for p in store.glob("*/*.json")}
 
 
+def test_a_cp2k_killed_by_a_signal_is_not_recorded_as_a_failure(tmp_path, monkeypatch):
+    """scancel sends SIGTERM to CP2K and to the Dask worker at once: CP2K's death must not become
+    a cached 'failed' record of a structure that never got its chance (fast, no SLURM)."""
+    import lotf.reference.cp2k as cp2k
+
+    real_run = subprocess.run
+
+    def killed(cmd, *args, **kwargs):
+        if "-i" in cmd:  # the single point, not --version / --check
+            return subprocess.CompletedProcess(cmd, -15, "", "")
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(cp2k.subprocess, "run", killed)
+    with pytest.raises(CP2KInterrupted, match="killed by signal 15"):
+        label_frames(FRAMES[:1], XTB, store=tmp_path / "store", progress=False)
+    assert list((tmp_path / "store").glob("*/*.json")) == []
+    monkeypatch.setattr(cp2k.subprocess, "run", real_run)
+    _, rep = label_frames(FRAMES[:1], XTB, store=tmp_path / "store", progress=False)
+    assert (rep.n_ok, rep.n_cached, rep.n_computed) == (1, 0, 1)
+
+
+@pytest.mark.slow
 def test_slurm_labels_equal_local_cluster_labels(on_slurm, tmp_path):
     local, rep_local = label_frames(FRAMES, XTB, store=tmp_path / "local", chunk_size=3,
                                     cluster={"kind": "local", "n_workers": 2}, progress=False)
@@ -105,6 +126,7 @@ def _job_of(pid: int) -> str | None:
     return next((v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"SLURM_JOB_ID=")), None)
 
 
+@pytest.mark.slow
 def test_scancel_mid_run_loses_nothing_and_recomputes_nothing(on_slurm, tmp_path):
     store = tmp_path / "store"
     seen: dict = {}
@@ -155,6 +177,7 @@ def test_scancel_mid_run_loses_nothing_and_recomputes_nothing(on_slurm, tmp_path
     assert stored(store) == after
 
 
+@pytest.mark.slow
 def test_unknown_partition_fails_fast_with_one_line(on_slurm, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(CP2KSetupError) as info:
@@ -168,6 +191,7 @@ def test_unknown_partition_fails_fast_with_one_line(on_slurm, tmp_path):
     assert on_slurm.jobs() == []
 
 
+@pytest.mark.slow
 def test_cli_unknown_partition_is_one_line_on_stderr(on_slurm, tmp_path):
     import ase.io
     import yaml
@@ -183,3 +207,52 @@ def test_cli_unknown_partition_is_one_line_on_stderr(on_slurm, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and elapsed < 60
     assert len(lines) == 1 and "'nosuch'" in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_cp2k_label_node_on_slurm(on_slurm, tmp_path, monkeypatch):
+    """CP2KLabel in a ZnTrack project, run by DVC, with cluster={"kind": "slurm", ...}."""
+    import ase.io
+    import ipsuite as ips
+    import zntrack
+
+    from lotf.nodes.label import CP2KLabel
+
+    monkeypatch.setenv("LOTF_CP2K_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # dvc, zntrack
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
+    ase.io.write("in.xyz", FRAMES)
+    (tmp_path / "cp2k.yaml").write_text(XTB.read_text())
+    with zntrack.Project() as project:
+        data = ips.AddData(file="in.xyz")
+        label = CP2KLabel(data=data.frames, settings="cp2k.yaml", cluster=slurm_config(tmp_path, jobs=2))
+    project.repro()
+    node = label.from_rev()
+    assert (node.metrics["n_ok"], node.metrics["n_computed"], node.metrics["n_failed"]) == (6, 6, 0)
+    assert len(list((tmp_path / "jobs").glob("*.err"))) == 2  # two worker jobs ran
+    # the same structures (as read back from in.xyz) on a LocalCluster, one per chunk as above
+    local, _ = label_frames(ase.io.read("in.xyz", index=":"), XTB, store=tmp_path / "local",
+                            cluster={"kind": "local", "n_workers": 2}, progress=False)
+    for a, b in zip(node.frames, local):
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10, rel=0)
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-10, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_job_that_never_starts_gives_up_after_start_timeout(on_slurm, tmp_path):
+    """A partition that accepts the job and never runs it (State=DOWN): start_timeout, one line,
+    and the pending job is cancelled."""
+    t0 = time.perf_counter()
+    with pytest.raises(CP2KSetupError) as info:
+        label_frames(FRAMES[:2], XTB, store=tmp_path / "store", progress=False,
+                     cluster=slurm_config(tmp_path, queue="down", jobs=1, start_timeout=5))
+    elapsed = time.perf_counter() - t0
+    message = str(info.value)
+    print(f"never starts: failed after {elapsed:.1f} s: {message}")
+    assert 5 <= elapsed < 60
+    assert "\n" not in message and "no worker job started within 5 s in queue 'down'" in message
+    deadline = time.time() + 20
+    while on_slurm.jobs() and time.time() < deadline:
+        time.sleep(0.5)
+    assert on_slurm.jobs() == []
