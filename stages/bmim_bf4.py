@@ -281,8 +281,8 @@ def build(project: zntrack.Project, profile: str) -> None:
         model = TrainModel(data=train_set.frames, validation_data=val.frames, config=p["model"],
                            overrides=p["overrides"], init_from=model)
     state = CampaignState(model=model, train=train_set, validation=val, last_structure=seed)
-    state.log.append(("classical", classical, None, None))
-    state.picks["classical"] = [test, val, train]
+    state.log.append(("classical", classical, None, labelled))  # every seed frame labelled, 100 for training
+    state.picks["classical"] = [train]
     state.record("ML0", picks=[pick])
 
     sources = {"seed": seed}  # named start structures; "previous" is the state's last structure
@@ -380,7 +380,7 @@ def _relabel_without_d3(p: dict, state: CampaignState, label) -> None:
     validation = label(state.validation.frames, name="ValidationDFT")
     previous = state.log[-1][0]
     state.train, state.validation = train, validation
-    state.model = TrainModel(data=train.frames, validation_data=validation.frames, config=p["final"], name="ModelDFT")
+    state.model = TrainModel(data=train.frames, validation_data=validation.frames, config=p["final"], name="ModelNoD3")
     state.record(f"{previous}-noD3", label=[train, validation])
 
 
