@@ -469,12 +469,27 @@ def _wait_for_a_worker(client, cluster, cluster_cfg) -> None:
     try:
         client.wait_for_workers(1, timeout=timeout)
     except TimeoutError:
-        ids = [getattr(job, "job_id", None) for job in getattr(cluster, "workers", {}).values()]
-        ids = ", ".join(str(i) for i in ids if i) or "none"
+        ids = [str(job.job_id) for job in getattr(cluster, "workers", {}).values()
+               if getattr(job, "job_id", None)]
         queue = cluster_cfg.get("queue")
         where = f" in queue '{queue}'" if queue is not None else ""
-        raise CP2KSetupError(f"no worker job started within {timeout:g} s{where} (jobs {ids}: "
-                             "see squeue/qstat for why they wait)") from None
+        why = _pending_reasons(ids) if str(cluster_cfg.get("kind")).lower() == "slurm" else ""
+        why = why or f"jobs {', '.join(ids) or 'none'}: see squeue/qstat for why they wait"
+        raise CP2KSetupError(f"no worker job started within {timeout:g} s{where} ({why})") from None
+
+
+def _pending_reasons(job_ids: list[str]) -> str:
+    """'job 1 PENDING (PartitionDown), ...' from squeue, or '' when squeue cannot tell."""
+    import subprocess
+
+    if not job_ids:
+        return ""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "job %i %T (%r)"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return ", ".join(line.strip() for line in proc.stdout.splitlines() if line.strip())
 
 
 # --------------------------------------------------------------------------------------------

@@ -184,7 +184,8 @@ def running_slurm(root: Path, timeout: float = 60.0) -> Iterator[Slurm]:
         _until(lambda: slurm.run("sinfo", "-h", check=False).returncode == 0, timeout, slurm,
                "slurmctld answering")
         start("slurmd", "-D", "-f", str(conf), "-N", node)
-        _until(lambda: slurm.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.strip() == "idle",
+        # one line per partition the node is in
+        _until(lambda: set(slurm.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split()) == {"idle"},
                timeout, slurm, f"node {node} idle in sinfo")
         yield slurm
     finally:

@@ -252,6 +252,7 @@ def test_a_job_that_never_starts_gives_up_after_start_timeout(on_slurm, tmp_path
     print(f"never starts: failed after {elapsed:.1f} s: {message}")
     assert 5 <= elapsed < 60
     assert "\n" not in message and "no worker job started within 5 s in queue 'down'" in message
+    assert "PENDING (PartitionDown)" in message
     deadline = time.time() + 20
     while on_slurm.jobs() and time.time() < deadline:
         time.sleep(0.5)
