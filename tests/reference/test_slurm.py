@@ -96,6 +96,7 @@ def test_a_cp2k_killed_by_a_signal_is_not_recorded_as_a_failure(tmp_path, monkey
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a run that waits for a worker forever fails here
 def test_slurm_labels_equal_local_cluster_labels(on_slurm, tmp_path):
     local, rep_local = label_frames(FRAMES, XTB, store=tmp_path / "local", chunk_size=3,
                                     cluster={"kind": "local", "n_workers": 2}, progress=False)
@@ -127,6 +128,7 @@ def _job_of(pid: int) -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a run that waits for a worker forever fails here
 def test_scancel_mid_run_loses_nothing_and_recomputes_nothing(on_slurm, tmp_path):
     store = tmp_path / "store"
     seen: dict = {}
@@ -178,6 +180,7 @@ def test_scancel_mid_run_loses_nothing_and_recomputes_nothing(on_slurm, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a run that waits for a worker forever fails here
 def test_unknown_partition_fails_fast_with_one_line(on_slurm, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(CP2KSetupError) as info:
@@ -192,6 +195,7 @@ def test_unknown_partition_fails_fast_with_one_line(on_slurm, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a run that waits for a worker forever fails here
 def test_cli_unknown_partition_is_one_line_on_stderr(on_slurm, tmp_path):
     import ase.io
     import yaml
@@ -210,6 +214,7 @@ def test_cli_unknown_partition_is_one_line_on_stderr(on_slurm, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_cp2k_label_node_on_slurm(on_slurm, tmp_path, monkeypatch):
     """CP2KLabel in a ZnTrack project, run by DVC, with cluster={"kind": "slurm", ...}."""
     import ase.io
@@ -240,6 +245,7 @@ def test_cp2k_label_node_on_slurm(on_slurm, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a run that waits for a worker forever fails here
 def test_a_job_that_never_starts_gives_up_after_start_timeout(on_slurm, tmp_path):
     """A partition that accepts the job and never runs it (State=DOWN): start_timeout, one line,
     and the pending job is cancelled."""
