@@ -8,6 +8,7 @@ them (not root, packages missing).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,8 +52,11 @@ def slurm():
     if reason:
         pytest.skip(reason)
     root = Path(tempfile.mkdtemp(prefix="lotf-slurm-"))  # not under pytest's 0700 tmp: munged checks
-    with running_slurm(root) as cluster:
-        yield cluster
+    try:
+        with running_slurm(root) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # key, state, logs: after the daemons stopped
 
 
 @pytest.fixture
