@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import zntrack
 
-from lotf.analysis.density import experimental_density
 from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
 from lotf.nodes.analysis import (RDF, ArrheniusPlot, BoxSizeExtrapolation, Density, DensityComparison, Diffusion,
                                  Dihedrals, ExplorationMetrics, PredictionMetrics)
@@ -40,6 +39,9 @@ from stages.common import (DEFAULT_SCREENING, GEO_OPT, BuildError, CampaignState
 NAME = "bmim_bf4"
 GROUP = "bmim-bf4"  # ZnTrack joins group names with "_", so the group avoids it
 BMIM, BF4 = "CCCCn1cc[n+](C)c1", "F[B-](F)(F)F"
+# compression target of the production runs: the table's density at T, read when each stage runs
+# (a DVC dependency of those stages, so replacing the table's estimates puts them out of date)
+DENSITY_TABLE = "data/experimental/bmim_bf4_density.csv"
 UNCERTAINTY_STOP = [{"kind": "forces_uncertainty", "max_value": 0.5}]  # eq. 8, 0.5 eV/Å
 PRODUCTION_MODEL = "DFT-D3-8"  # seed 1: RDFs and diffusion with MLP(D3(8 Å))
 # density models of seed 1 Fig. 7: label -> (final model, D3 added at run time)
@@ -475,7 +477,7 @@ def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]
         with project.group(GROUP, "production", f"nvt-{pairs}"):
             start = relaxed_box(pairs)
             for T in q["temperatures"]:
-                md = ProductionMD(data=start.frames, model=model, temperature=T, density=experimental_density(T),
+                md = ProductionMD(data=start.frames, model=model, temperature=T, density_table=DENSITY_TABLE,
                                   equilibration_steps=q["equilibration_steps"], steps=q["steps"],
                                   sampling_rate=q["rate"], seed=int(T), name=f"NVT{T:.0f}K", **run)
                 if T in q["rdf_temperatures"]:
@@ -503,7 +505,7 @@ def _production(project: zntrack.Project, q: dict, models: dict[str, TrainModel]
             tag = label.replace(" ", "").replace("(", "").replace(")", "").replace("+", "-").replace("Å", "A")
             for T in q["npt_temperatures"]:
                 md = ProductionMD(data=start.frames, model=models[final], d3=d3, temperature=T, ensemble="npt",
-                                  barostat={"pressure": 1.01325}, density=experimental_density(T),
+                                  barostat={"pressure": 1.01325}, density_table=DENSITY_TABLE,
                                   equilibration_steps=q["npt_equilibration_steps"], steps=q["npt_steps"],
                                   sampling_rate=q["npt_rate"], seed=int(T), name=f"NPT{tag}{T:.0f}K", **run)
                 densities.append(Density(data=md, temperature=T, name=f"Density{tag}{T:.0f}K"))

@@ -101,7 +101,12 @@ class ProductionMD(zntrack.Node):
         temperature: K. timestep: fs. thermostat/thermostat_params: as in ``MDSampling``
             (seed 1: Nosé-Hoover chain).
         ensemble: "nvt" or "npt" (stochastic cell rescaling, ``barostat`` as in ``MDSampling``).
-        density: g/cm³ reached by isotropic rescaling over ``compress_steps`` (None: no compression).
+        density: g/cm³ reached by isotropic rescaling over ``compress_steps`` (None: no compression,
+            unless ``density_table`` is given).
+        density_table: an experimental density table (a DVC dependency, relative to the project,
+            e.g. ``data/experimental/bmim_bf4_density.csv``); with ``density`` None the target is
+            the table's density at ``temperature``, read when the stage runs, so a changed table
+            puts the run out of date.
         equilibration_steps: NVT steps before production. steps: production steps.
         checks: stop criteria of the production run (a NaN check is always on).
         seed: node seed; each phase runs with its own seed derived from it (:func:`phase_seed`).
@@ -118,6 +123,7 @@ class ProductionMD(zntrack.Node):
     ensemble: str = zntrack.params("nvt")
     barostat: dict = zntrack.params(default_factory=dict)
     density: float | None = zntrack.params(None)
+    density_table: str | None = zntrack.deps_path(None)
     compress_steps: int = zntrack.params(10_000)
     equilibration_steps: int = zntrack.params(10_000)
     steps: int = zntrack.params(100_000)
@@ -129,9 +135,18 @@ class ProductionMD(zntrack.Node):
     metrics: dict = zntrack.metrics()
 
     def _settings(self) -> dict:
-        return {key: getattr(self, key) for key in (
-            "d3", "temperature", "timestep", "thermostat", "thermostat_params", "ensemble", "barostat", "density",
+        settings = {key: getattr(self, key) for key in (
+            "d3", "temperature", "timestep", "thermostat", "thermostat_params", "ensemble", "barostat",
             "compress_steps", "equilibration_steps", "steps", "sampling_rate", "seed", "checks")}
+        return {**settings, "density": self._target_density()}
+
+    def _target_density(self) -> float | None:
+        """``density``, else the table's density at ``temperature``, else None (no compression)."""
+        if self.density is not None or not self.density_table:
+            return self.density
+        from lotf.analysis.density import experimental_density
+
+        return experimental_density(self.temperature, self.density_table)
 
     def _validate(self) -> None:
         if self.ensemble not in ("nvt", "npt"):
@@ -174,12 +189,13 @@ class ProductionMD(zntrack.Node):
             atoms = _load_atoms(prepared)
         else:
             atoms = start
-            if self.density is not None and self.compress_steps > 0:
+            target = self._target_density()
+            if target is not None and self.compress_steps > 0:
                 from lotf.dynamics.modifiers import DensityRamp
 
                 rho0 = float(mass_density(atoms.get_masses(), atoms.cell.array))
                 # the ramp reaches the target at the last step and is held there
-                ramp = DensityRamp(rho_start=rho0, rho_end=float(self.density),
+                ramp = DensityRamp(rho_start=rho0, rho_end=float(target),
                                    t_end=max(self.compress_steps - 1, 1) * self.timestep)
                 run, _ = phase("compress", atoms, self.compress_steps, "nvt", [ramp],
                                **preparation("compress", self.compress_steps))

@@ -83,7 +83,7 @@ def test_campaign_graph_declares_its_input_files(tmp_path):
         kind = stage["cmd"].split()[2].rsplit(".", 1)[-1]
         if kind == "GromacsSeed":
             assert {"data/opls/bmim.itp", "data/opls/bf4.itp", "data/opls/clandp_atomtypes.itp"} <= deps, name
-        elif kind in ("Density", "DensityComparison"):
+        elif kind in ("Density", "DensityComparison", "ProductionMD"):
             assert "data/experimental/bmim_bf4_density.csv" in deps, name
         elif kind == "ArrheniusPlot":
             assert "data/experimental/bmim_bf4_self_diffusion.csv" in deps, name
@@ -91,7 +91,9 @@ def test_campaign_graph_declares_its_input_files(tmp_path):
             assert not any(d.startswith(("data/opls", "data/experimental")) for d in deps), name
             continue
         checked += 1
-    assert checked >= 3
+    assert checked >= 4
+    productions = {k: v for k, v in yaml.safe_load((project / "params.yaml").read_text()).items() if "_NVT" in k}
+    assert productions and all(v["density"] is None for v in productions.values())  # from the table, at run time
     params = (project / "params.yaml").read_text()
     assert "bmim_bf4_density" not in params and "self_diffusion" not in params  # paths, not parameters
 
@@ -102,3 +104,20 @@ def test_a_seed_without_its_topology_fails_in_one_line():
     seed = GromacsSeed(species={"bmim": 1, "bf4": 1}, topologies=["data/opls/bmim.itp"])
     with pytest.raises(ValueError, match=r"^GromacsSeed.topologies: bf4.itp, clandp_atomtypes.itp not among"):
         seed._itp_dir()
+
+
+def test_production_compresses_to_the_table_density_read_at_run_time(tmp_path, monkeypatch):
+    from lotf.analysis.density import experimental_density
+    from lotf.nodes.production import ProductionMD
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    table = tmp_path / "data" / "rho.csv"
+    table.write_text("T_K,density_g_cm3\n280,1.30\n320,1.26\n")
+    md = ProductionMD(data=[], model=None, temperature=300.0, density_table="data/rho.csv")
+    assert md._target_density() == pytest.approx(1.28)
+    table.write_text("T_K,density_g_cm3\n280,1.10\n320,1.06\n")  # replaced estimates
+    assert md._target_density() == pytest.approx(1.08)
+    assert ProductionMD(data=[], model=None, temperature=300.0, density=1.2, density_table="data/rho.csv"
+                        )._target_density() == 1.2  # an explicit density wins
+    assert experimental_density(300.0, "data/rho.csv") == pytest.approx(1.08)
