@@ -54,6 +54,9 @@ class _Selection(zntrack.Node):
         """Indices into ``frames`` in pick order (``n`` of them) and extra metrics."""
         raise NotImplementedError
 
+    def nothing_to_select(self) -> None:
+        """Set the outputs :meth:`select` would have set, for an empty (or fully screened) pool."""
+
     def _screen(self, frames: list[ase.Atoms]) -> tuple[np.ndarray, dict]:
         """Indices of the frames that pass the screening, and its counts (written to screened.json)."""
         import json
@@ -88,7 +91,13 @@ class _Selection(zntrack.Node):
             log.warning("%s: %d structures requested from a pool of %d; selecting all of them", self.name,
                         requested, len(pool))
             n = len(pool)
-        ids, extra = self.select(pool, n) if pool else ([], {})
+        if pool:
+            ids, extra = self.select(pool, n)
+        else:  # an MD run that stopped before its first frame, or every candidate screened out
+            log.warning("%s: nothing to select from (%d candidates, %d screened out)", self.name, len(frames),
+                        len(frames) - len(pool))
+            self.nothing_to_select()
+            ids, extra = [], {}
         if requested is not None:
             extra = {"n_requested": requested, **extra}
         ids = [int(kept[i]) for i in ids]  # indices into data
@@ -166,6 +175,9 @@ class MaxDistSelection(_Selection):
     distances: pd.DataFrame = zntrack.plots(x="pick", y="distance", x_label="pick",
                                             y_label="max-min feature distance", title="MaxDist")
 
+    def nothing_to_select(self) -> None:
+        self.distances = pd.DataFrame({"pick": np.arange(0), "distance": np.zeros(0)})
+
     def select(self, frames, n):
         from lotf.selection.features import FeatureMap
 
@@ -214,6 +226,10 @@ class UncertaintySelection(_Selection):
         if model_dir is None:
             raise TypeError(f"model: {type(self.model).__name__} has neither 'get_calculator()' nor 'model_dir'")
         return load_calculator(model_dir)
+
+    def nothing_to_select(self) -> None:
+        self.uncertainties = pd.DataFrame({"frame": np.arange(0), "uncertainty": np.zeros(0),
+                                           "selected": np.zeros(0, bool)})
 
     def select(self, frames, n):
         if n is None and self.threshold is None:

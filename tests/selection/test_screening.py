@@ -108,3 +108,21 @@ def test_selection_node_screens_before_selecting_and_counts_it(workdir):
     plain = nodes.RandomSelection(data=frames, n_configurations=6, seed=0, name="plain")  # no screening: all
     plain.run()
     assert sorted(plain.selected_ids) == list(range(6)) and "n_screened" not in plain.metrics
+
+
+@pytest.mark.parametrize("cls, extra", [
+    ("MaxDistSelection", {"train_data": [], "model": None, "n_configurations": 2}),
+    ("UncertaintySelection", {"n_configurations": 2}),
+    ("RandomSelection", {"n_configurations": 2}),
+])
+def test_selection_nodes_save_with_an_empty_or_fully_screened_pool(workdir, cls, extra):
+    """A sampler that stopped before its first frame, or a pool screened out entirely: the node
+    writes empty outputs and its metrics instead of failing (the MaxDist plot was never set)."""
+    good = liquid()
+    for name, data in (("empty", []), ("screened", [collapsed(good), collapsed(liquid(seed=1))])):
+        node = getattr(nodes, cls)(data=data, name=f"{cls}{name}", screening={"min_distance_factor": 0.6}, **extra)
+        node.run()
+        node.save()
+        assert node.frames == [] and node.excluded_frames == [] and node.selected_ids == []
+        assert node.metrics["n_selected"] == 0 and node.metrics["n_requested"] == 2
+        assert node.metrics["n_screened"] == len(data)
