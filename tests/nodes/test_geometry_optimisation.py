@@ -18,11 +18,11 @@ def model(emt_model_dir, tmp_path, monkeypatch):
 def test_path_is_bounded_and_starts_after_the_chosen_frame(model):
     frames = emt_frames(3)
     frames[2].rattle(0.3, seed=1)  # far from a minimum: many FIRE steps
-    node = GeometryOptimisation(data=frames, model=model, data_id=-1, fmax=1e-4, max_steps=60, max_frames=7)
+    node = GeometryOptimisation(data=frames, model=model, data_id=-1, fmax=1e-4, max_steps=30, max_frames=7)
     node.run()
     out = node.frames
-    assert node.metrics["steps"] == 60 and node.metrics["converged"] == 0
-    assert len(out) == node.metrics["frames"] == 7  # 60 optimiser steps stored as 7 frames
+    assert node.metrics["steps"] == 30 and node.metrics["converged"] == 0
+    assert len(out) == node.metrics["frames"] == 7  # 30 optimiser steps stored as 7 frames
     assert not np.allclose(out[0].positions, frames[2].positions)  # the start frame is not repeated
     assert node.metrics["n_input"] == 3 and node.metrics["from_fallback"] == 0
     # the last stored frame is the final structure of the run, with its energy
