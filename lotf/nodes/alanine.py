@@ -136,6 +136,8 @@ def run_alanine(method: str = "md", temperature: float = 300.0, steps: int = 160
     phi = dihedral_angles(pos, np.array([amber.PHI]), pbc=False)[:, 0] if len(pos) else np.zeros(0)
     psi = dihedral_angles(pos, np.array([amber.PSI]), pbc=False)[:, 0] if len(pos) else np.zeros(0)
     dissociated = bool(summary.stopped and summary.stop_reason and "bond" in summary.stop_reason)
+    bias = np.array([float(f.calc.results.get("energy_bias", 0.0)) if f.calc is not None else 0.0
+                     for f in run.frames])
     out = {
         "method": method, "temperature": float(temperature), "steps": int(steps), "timestep": float(timestep),
         "duration_ps": steps * timestep / 1000.0, "interval": int(interval), "convention": convention,
@@ -146,6 +148,10 @@ def run_alanine(method: str = "md", temperature: float = 300.0, steps: int = 160
         "dissociated": dissociated, "stopped": bool(summary.stopped), "stop_reason": summary.stop_reason,
         "steps_done": int(summary.steps_before_stop), "frames": int(len(phi)), "wall_s": wall,
         "ms_per_step": summary.ms_per_step,
+        # how much the ERBS bias acts: its mean over the frames and the fraction of frames where it
+        # exceeds k_B T (0 without kernels nearby: OPES-explore's V vanishes where P/Z << ε)
+        "bias_mean_ev": float(bias.mean()) if len(bias) else 0.0,
+        "bias_active_fraction": float(np.mean(bias > units.kB * temperature)) if len(bias) else 0.0,
         "coverage_vs_time": coverage_curve(phi, psi, times) if len(phi) else [],
         "phi": phi, "psi": psi,
     }
