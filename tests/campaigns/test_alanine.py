@@ -90,3 +90,74 @@ def test_short_runs_md_and_erbs_record_coverage_and_a_forced_dissociation():
     assert erbs["dissociated"] and erbs["stop_reason"] == "bond_graph"
     assert erbs["steps_done"] < 2000 and erbs["frames"] <= erbs["steps_done"] // 10 + 1
     assert nodes.summarise([md, erbs])["n_dissociated"] == 1
+
+
+def test_split_takes_training_from_the_first_80_and_validation_from_the_last_20_percent():
+    train, val = nodes.split_indices(1000, 180, 20, seed=1)
+    assert len(train) == 180 and len(val) == 20 and len(set(train)) == 180
+    assert train.max() < 800 <= val.min() and val.max() < 1000
+    short_train, short_val = nodes.split_indices(30, 180, 20)  # a dissociated run: what there is
+    assert len(short_train) == 24 and len(short_val) == 6
+
+
+def test_amber_labels_match_openmm_and_a_perfect_model_has_zero_mae():
+    from lotf.reference import amber
+
+    atoms = amber.load_structure()
+    frames = []
+    for seed in range(3):
+        a = atoms.copy()
+        a.rattle(0.05, seed=seed)
+        frames.append(a)
+    labelled = nodes.amber_label(frames)
+    system = amber.AmberSystem()
+    for a in labelled:
+        e, f = system.openmm_energy_forces(a)
+        assert abs(a.get_potential_energy() - e) < 1e-8 and np.abs(a.get_forces() - f).max() < 1e-8
+    assert nodes.force_mae(system.calculator(), labelled) < 1e-10
+    shifted = [a.copy() for a in labelled]
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    for a, b in zip(shifted, labelled):
+        a.calc = SinglePointCalculator(a, energy=0.0, forces=b.get_forces() + 0.1)
+    assert nodes.force_mae(system.calculator(), shifted) == pytest.approx(0.1)
+    bad = atoms.copy()
+    bad.symbols[3] = "O"
+    with pytest.raises(ValueError, match="frame to label: atom 3 is O"):
+        nodes.amber_label([bad])
+
+
+def test_smoke_profile_builds_the_cross_validation_of_the_four_datasets():
+    p = alanine.PROFILES["smoke"]["crossval"]
+    assert p["n_train"] < 160 and p["n_val"] <= 40  # fits the smoke trajectories (200 frames)
+    assert alanine.PROFILES["paper"]["crossval"]["n_train"] == 1800
+    assert alanine.PROFILES["paper"]["crossval"]["n_val"] == 200
+    from lotf.training.config import load_preset
+
+    model, train = load_preset(alanine.MODEL)
+    assert (model["basis"], model["n_basis"], model["r_max"], model["hidden"]) == ("bessel", 16, 5.0, [64, 64])
+    assert train.optimizer == "adamw"
+
+
+def test_code_kernel_bias_is_zero_when_unexplored_and_higher_by_ln_d_in_visited_regions():
+    import jax.numpy as jnp
+
+    d = 4
+    lotf_bias = nodes.erbs_bias(20.0, 0.05, d, 10, "code")
+    code_bias = nodes.erbs_bias(20.0, 0.05, d, 10, "code_d")
+    assert type(code_bias).__name__ == "CodeKernelERBS" and code_bias.barrier == lotf_bias.barrier
+    state = lotf_bias.init_state(4)
+    g = jnp.linspace(0.0, 1.0, lotf_bias.n_features)
+    state = lotf_bias.deposit(state, g)
+    state = lotf_bias.deposit(state, g * 1.01)
+    far = jnp.full(d, 1e3)
+    assert float(code_bias.energy_from_cv(state, far, 22)) == pytest.approx(0.0, abs=1e-9)
+    assert float(lotf_bias.energy_from_cv(state, far, 22)) == pytest.approx(0.0, abs=1e-9)
+    at = lotf_bias.project(state, g)
+    gamma = lotf_bias.barrier / lotf_bias.kT
+    pre, eps = (gamma - 1) * lotf_bias.kT, np.exp(-gamma / (gamma - 1))
+    ratio = np.exp((float(lotf_bias.energy_from_cv(state, at, 22)) - lotf_bias.barrier) / pre) - eps  # P/Z
+    assert ratio > 0.5
+    expected = pre * np.log(d * ratio + eps) + lotf_bias.barrier
+    assert float(code_bias.energy_from_cv(state, at, 22)) == pytest.approx(expected, rel=1e-9)
+    assert expected - float(lotf_bias.energy_from_cv(state, at, 22)) > 0.5 * pre * np.log(d)
