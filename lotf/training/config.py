@@ -26,6 +26,11 @@ class LossTerm:
     kind: str = "mse"  # mse | nll | huber
     weight: float = 1.0
     delta: float = 1.0  # huber only
+    # nll only: beta-NLL (Seitzer et al., ICLR 2022) weighs each element's NLL by its variance^beta
+    # (held constant in the gradient). 0 is plain NLL (seed 2); 1 gives the mean the gradient of
+    # an mse loss while the spread is still fitted to the error, so the mean is not slowed where
+    # the spread is small (measured on the water oracle set: README "Ensemble losses")
+    beta: float = 0.0
 
 
 @dataclass

@@ -17,12 +17,19 @@ def _pointwise(kind: str, pred: jax.Array, ref: jax.Array, term: LossTerm, membe
     mse/huber: the mean over members of each member's loss (members train on the same data, as
     independent models would). nll: Gaussian negative log-likelihood of the member mean and
     spread, (x - y)^2 / (2 s^2) + log(s^2) / 2, with s^2 the 1/M variance (seed-2 eq. 6), the
-    same s that predictions report as their uncertainty.
+    same s that predictions report as their uncertainty; ``term.beta`` > 0 gives it the gradient
+    of beta-NLL (weighted by s^(2 beta), held constant) while its value stays the NLL.
     """
     if kind == "nll":
         mu = jnp.mean(pred, axis=member_axis)
         var = jnp.maximum(jnp.var(pred, axis=member_axis), SIGMA_FLOOR**2)
-        return 0.5 * ((mu - ref) ** 2 / var + jnp.log(var))
+        nll = 0.5 * ((mu - ref) ** 2 / var + jnp.log(var))
+        if not term.beta:
+            return nll
+        # value: the plain NLL (so validation losses and best epochs mean the same for every beta);
+        # gradient: that of var^beta * NLL with var^beta held constant
+        weighted = jax.lax.stop_gradient(var) ** term.beta * nll
+        return jax.lax.stop_gradient(nll) + weighted - jax.lax.stop_gradient(weighted)
     diff = pred - jnp.expand_dims(ref, member_axis)
     if kind == "huber":
         a = jnp.abs(diff)

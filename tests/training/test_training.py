@@ -60,6 +60,23 @@ def test_nll_and_mse_pointwise_against_hand_values():
     assert float(mse[0]) == pytest.approx((0.0 + 9.0) / 2)
 
 
+def test_beta_nll_gives_the_mean_an_mse_gradient_and_still_fits_the_spread():
+    ref = jnp.array([1.0])
+
+    def loss(shift, spread, beta):  # members mean 2.5 + shift, spread scaled
+        pred = jnp.array([[2.5 + shift - 1.5 * spread, 2.5 + shift + 1.5 * spread]])
+        return _pointwise("nll", pred, ref, LossTerm("nll", beta=beta), 1)[0]
+
+    # value: the plain NLL for every beta (validation losses stay comparable)
+    assert float(loss(0.0, 1.0, 1.0)) == pytest.approx(0.5 * (1.5**2 / 2.25 + np.log(2.25)))
+    # d/d(mean): beta=1 gives the residual (as 0.5 (mu - y)^2 would), plain NLL residual / variance
+    assert float(jax.grad(loss)(0.0, 1.0, 1.0)) == pytest.approx(1.5)
+    assert float(jax.grad(loss)(0.0, 1.0, 0.0)) == pytest.approx(1.5 / 2.25)
+    # the spread is still pulled toward the error: too wide shrinks, too narrow grows
+    assert float(jax.grad(loss, argnums=1)(0.0, 2.0, 1.0)) > 0
+    assert float(jax.grad(loss, argnums=1)(0.0, 0.5, 1.0)) < 0
+
+
 def test_training_overfits_ten_structures(trained):
     curve = trained.history
     assert curve[-1]["train_loss"] < 0.05 * curve[0]["train_loss"]
