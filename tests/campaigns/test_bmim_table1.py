@@ -130,6 +130,12 @@ def test_ml16_ml17_and_the_final_models(graph):
     assert "nodes/bmim-bf4/ML11/PackBox/frames.h5" in stages["bmim-bf4_ML17_GeoOpt"]["deps"]  # 0.900 g/cm³
     assert "nodes/bmim-bf4/ML17/GeoOpt/frames.h5" in stages["bmim-bf4_ML17_MD1"]["deps"]
 
+    # the report tests the D3-free models on the test set relabelled without D3
+    report = bmim["bmim-bf4_report_CampaignReport"]
+    assert report["no_d3_iterations"] == ["ML15-noD3", "ML16", "ML17"]
+    assert {nod3: None} in stages["bmim-bf4_report_TestSetDFT"]["params"]
+    assert report["iterations"] == ["classical", *[f"ML{k}" for k in range(16)], "ML15-noD3", "ML16", "ML17"]
+
     models = sorted(n for n in bmim if n.startswith("bmim-bf4_ML17_Model"))
     assert models == ["bmim-bf4_ML17_ModelDFT", "bmim-bf4_ML17_ModelDFT-D3-20", "bmim-bf4_ML17_ModelDFT-D3-8",
                       "bmim-bf4_ML17_ModelDFT-D3-8-long"]
