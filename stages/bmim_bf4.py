@@ -206,7 +206,7 @@ PROFILES = {
         cp2k_nod3="data/cp2k/b97-3c-nod3.yaml", cp2k_run={"n_ranks": 1, "n_threads": 1}, n_test=500, n_val=100,
         n_train=100, n_ml0=400, model="models/bmim_initial.yaml", final="models/bmim_final.yaml", overrides={},
         rows=iterations(steps=50_000, npt_steps=100_000, long_steps=1_000_000, rate=10),
-        final_models=list(FINAL_MODELS),
+        final_models=list(FINAL_MODELS), geo_opt=GEO_OPT,
         production=dict(
             temperatures=[283.0, 293.0, 313.0, 333.0, 353.0], sizes=[8, 16, 32], compress_steps=10_000,
             equilibration_steps=10_000, steps=40_000_000, rate=200, max_lag_ps=2000.0, fit_window_ps=[200.0, 2000.0],
@@ -233,6 +233,7 @@ PROFILES = {
                                         vs_points=4)
               if row["name"] in ("ML11", "ML12", "ML13", "ML17")],
         final_models=["DFT", "DFT-D3-8"],
+        geo_opt={**GEO_OPT, "max_steps": 100},  # the smoke models never reach fmax 0.5: cap FIRE
         production=dict(
             temperatures=[313.0, 353.0], sizes=[4, 5], compress_steps=100, equilibration_steps=20, steps=200, rate=5,
             max_lag_ps=0.0175, fit_window_ps=[0.005, 0.0175], dihedral_windows_ps=[[0.0, 0.05], [0.0, 0.1]],
@@ -306,7 +307,7 @@ def build(project: zntrack.Project, profile: str) -> None:
             vs_labels = state.log.pop()[3] if kind == "volume_scan" else None  # re-recorded with the NPT part
             state = learning_step(row, state, start=start, label=labels[row.get("reference", "dft-d3")],
                                   model_config=p["model"], model_overrides=p["overrides"], seed=k,
-                                  screening_reference=seed)
+                                  screening_reference=seed, geo_opt=p["geo_opt"])
             if kind == "volume_scan":  # one iteration of Table 1: the scan's points and the NPT's
                 name, model, sampler, label = state.log[-1]
                 state.log[-1] = (name, model, sampler, [vs_labels, label])
@@ -360,7 +361,7 @@ def _volume_scan(p: dict, row: dict, state: CampaignState, sources: dict, label,
     relaxed, scans = [], []
     for b in range(o["boxes"]):
         relaxed.append(GeometryOptimisation(model=state.model, data=sources["conformers"].frames, data_id=b,
-                                            name=f"ScanStart{b}", **GEO_OPT))
+                                            name=f"ScanStart{b}", **p["geo_opt"]))
         scans.append(VolumeScan(data=relaxed[-1].frames, data_ids=[-1], start=o["rho_min"], stop=o["rho_max"],
                                 num=o["points"], name=f"VolumeScan{b}"))
     pool = scans[0] if len(scans) == 1 else MergeFrames(data=[scan.frames for scan in scans], name="ScanPool")
@@ -391,7 +392,8 @@ def _no_d3_iteration(p: dict, row: dict, state: CampaignState, sources: dict, la
     from the relaxed structure, ``"geo_opt"``) gives ``n_validation`` random validation and
     ``n_select`` random training points; all labelled without D3; one model trained from scratch."""
     start = as_sources(_start(row, state, sources))
-    geo = GeometryOptimisation(model=state.model, data=start, data_id=-1, fallback=start, name="GeoOpt", **GEO_OPT)
+    geo = GeometryOptimisation(model=state.model, data=start, data_id=-1, fallback=start, name="GeoOpt",
+                               **p["geo_opt"])
     geo_pick = MaxDistSelection(data=geo.frames, train_data=state.train.frames, model=state.model,
                                 n_configurations=row["n_select"], screening=SCREENING,
                                 screening_reference=sources["seed"].frames, name="GeoOptPick")

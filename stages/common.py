@@ -161,19 +161,21 @@ def report(state: CampaignState, test_data: Any, test_data_no_d3: Any = None,
 
 
 def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, label, model_config: str,
-                  model_overrides: dict, seed: int, screening_reference: Any = None) -> CampaignState:
+                  model_overrides: dict, seed: int, screening_reference: Any = None,
+                  geo_opt: dict | None = None) -> CampaignState:
     """Nodes of one iteration; call inside ``project.group(campaign, row["name"])``.
 
     ``start`` is a node with ``frames`` or a list of frame connections (see :func:`as_sources`);
     ``screening_reference`` a node whose first frame has intact molecules (for rows whose
-    screening asks for them).
+    screening asks for them); ``geo_opt`` replaces the FIRE settings (default :data:`GEO_OPT`).
     """
     sources = as_sources(start)
     md = MDSampling(model=state.model, data=sources, data_id=-1, seed=seed, **row["sampling"])
     pool = [md.frames]
     last = [*sources, md.frames]  # the MD's last frame; where it started if it stored none
     if row.get("geo_opt", False):
-        geo = GeometryOptimisation(model=state.model, data=md.frames, data_id=-1, fallback=sources, **GEO_OPT)
+        geo = GeometryOptimisation(model=state.model, data=md.frames, data_id=-1, fallback=sources,
+                                   **(geo_opt or GEO_OPT))
         pool.append(geo.frames)
         last = geo
     candidates = MergeFrames(data=pool, name="Pool") if len(pool) > 1 else md
