@@ -280,8 +280,15 @@ class BoxSizeExtrapolation(zntrack.Node):
                 err.append(node.metrics[group]["D_sem_A2_per_ns"])
             use_err = all(np.isfinite(e) and e > 0 for e in err)
             fit = diffusion_lib.extrapolate_box_size(L, D, err if use_err else None, temperature)
+            # a line through noisy or broken runs can cross zero: an infinite-box D <= 0 is not a
+            # diffusion coefficient, so it is reported as NaN (the fitted intercept kept beside it)
+            physical = bool(np.isfinite(fit.D_inf) and fit.D_inf > 0)
+            if not physical:
+                log.warning("%s: %s: extrapolated D = %.4g Å²/ns is not positive; reported as NaN",
+                            self.name, group, fit.D_inf)
             metrics[group] = {
-                "D_A2_per_ns": fit.D_inf,
+                "D_A2_per_ns": fit.D_inf if physical else float("nan"),
+                "D_intercept_A2_per_ns": fit.D_inf,
                 "D_sem_A2_per_ns": fit.D_inf_err,
                 "slope_A3_per_ns": fit.slope,
                 "viscosity_mPa_s": fit.viscosity_mpas,

@@ -126,6 +126,11 @@ def test_box_size_and_arrhenius_nodes(workdir):
     assert ext.metrics["B"]["D_A2_per_ns"] == pytest.approx(intercept, rel=1e-6)
     assert ext.metrics["B"]["viscosity_mPa_s"] > 0 and ext.metrics["temperature_K"] == 353.0
     assert (ext.figures / "extrapolation_B.png").stat().st_size > 1000
+    # D falling with L: the line crosses zero at 1/L -> 0; not a diffusion coefficient -> NaN
+    broken = nodes.BoxSizeExtrapolation(diffusions=[fake("a", 16.0, 353.0, 90.0), fake("b", 20.0, 353.0, 40.0),
+                                                    fake("c", 25.0, 353.0, 10.0)], groups=["B"], name="broken")
+    broken.run()
+    assert np.isnan(broken.metrics["B"]["D_A2_per_ns"]) and broken.metrics["B"]["D_intercept_A2_per_ns"] < 0
     with pytest.raises(ValueError, match="at least 2 box sizes"):
         nodes.BoxSizeExtrapolation(diffusions=[fake("a", 16.0, 353.0, 80.0)], groups=["B"]).run()
     arr = nodes.ArrheniusPlot(
