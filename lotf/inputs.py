@@ -37,6 +37,20 @@ def experimental_table(name_or_path: str | os.PathLike) -> Path:
     return input_file(value, "experimental table")
 
 
+def read_experimental_table(name_or_path: str | os.PathLike, directory: str | os.PathLike | None = None):
+    """An experimental table as a DataFrame (``#`` lines = citation): by path or bare name (see
+    :func:`experimental_table`), or ``<directory>/<name>.csv`` when ``directory`` is given."""
+    import pandas as pd
+
+    if directory is not None:
+        path = Path(directory) / f"{name_or_path}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"experimental table not found: {path}")
+    else:
+        path = experimental_table(name_or_path)
+    return pd.read_csv(path, comment="#")
+
+
 def opls_topologies(species, directory: str = OPLS) -> list[str]:
     """The itp files a GROMACS seed of ``species`` reads: one per non-water species and the CL&P
     atom types (written into every topology), as project-relative paths."""

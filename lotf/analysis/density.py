@@ -98,15 +98,9 @@ def load_experimental_density(
     """Columns ``T_K`` and ``density_g_cm3`` of an experimental table: a path
     (``data/experimental/<name>.csv`` relative to the project), a bare name in
     ``data/experimental``, or ``<directory>/<name>.csv``."""
-    if directory is not None:
-        path = Path(directory) / f"{name}.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"experimental table not found: {path}")
-    else:
-        from lotf.inputs import experimental_table
+    from lotf.inputs import read_experimental_table
 
-        path = experimental_table(name)
-    return pd.read_csv(path, comment="#")
+    return read_experimental_table(name, directory)
 
 
 def experimental_density(

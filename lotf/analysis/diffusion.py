@@ -38,7 +38,6 @@ from lotf.analysis.statistics import summarize
 XI_CUBIC = 2.837297
 """Yeh-Hummer constant for a cubic periodic box."""
 
-EXPERIMENTAL_DIR = Path(__file__).resolve().parents[2] / "data" / "experimental"
 A2_PER_NS_TO_1E9_M2_S = 0.01
 _FS_PER_NS = 1.0e6
 
@@ -696,15 +695,9 @@ def load_experimental_diffusion(
     """An experimental table (``#`` lines = citation): a path (``data/experimental/<name>.csv``
     relative to the project, as the nodes declare it a dependency), a bare name in
     ``data/experimental``, or ``<directory>/<name>.csv``."""
-    if directory is not None:
-        path = Path(directory) / f"{name}.csv"
-        if not path.is_file():
-            raise FileNotFoundError(f"experimental table not found: {path}")
-    else:
-        from lotf.inputs import experimental_table
+    from lotf.inputs import read_experimental_table
 
-        path = experimental_table(name)
-    return pd.read_csv(path, comment="#")
+    return read_experimental_table(name, directory)
 
 
 def experimental_diffusion_table(tables: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
