@@ -16,6 +16,18 @@ import lotf  # noqa: E402,F401  (enables float64 in JAX before any test builds a
 
 
 @pytest.fixture
+def dvc_project(tmp_path, monkeypatch):
+    """``tmp_path`` as the working directory of a fresh git + DVC project (a committer configured)."""
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    for args in (["init", "-q"], ["config", "user.email", "ci@lotf"], ["config", "user.name", "ci"]):
+        subprocess.run(["git", *args], check=True)
+    subprocess.run(["dvc", "init", "-q"], check=True)
+    return tmp_path
+
+
+@pytest.fixture
 def emt_model_dir(tmp_path):
     """A small untrained GMNN ensemble for the Cu/Al frames of ``lotf.demo.emt_frames`` (MD node tests)."""
     import jax

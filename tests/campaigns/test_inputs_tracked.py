@@ -5,10 +5,8 @@ file (an OPLS topology, one experimental table) ``dvc status`` must name exactly
 """
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import ase.io
@@ -31,18 +29,13 @@ def touch(path: str) -> None:
 
 
 @pytest.mark.slow  # a GROMACS seed and a dvc repro (about 40 s)
-def test_changing_one_input_puts_exactly_its_readers_out_of_date(tmp_path, monkeypatch):
+def test_changing_one_input_puts_exactly_its_readers_out_of_date(dvc_project):
     from lotf.nodes import LoadFrames
     from lotf.nodes.analysis import Density, DensityComparison
     from lotf.nodes.seed import GromacsSeed
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
-    for args in (["init", "-q"], ["config", "user.email", "ci@lotf"], ["config", "user.name", "ci"]):
-        subprocess.run(["git", *args], check=True)
-    subprocess.run(["dvc", "init", "-q"], check=True)
     for folder in ("opls", "experimental"):
-        shutil.copytree(REPO / "data" / folder, tmp_path / "data" / folder)
+        shutil.copytree(REPO / "data" / folder, dvc_project / "data" / folder)
     ase.io.write("box.extxyz", emt_frames(6, seed=1))
 
     with zntrack.Project() as project:

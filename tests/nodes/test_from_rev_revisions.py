@@ -7,9 +7,7 @@ fingerprint) must be the first commit's, and none of it may be the workspace's.
 """
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import ase.io
@@ -35,19 +33,13 @@ def energy(calc, atoms) -> float:
 
 
 @pytest.mark.slow  # two trainings (about 40 s on two cores)
-def test_from_rev_reads_the_revision_not_the_workspace(tmp_path, monkeypatch):
+def test_from_rev_reads_the_revision_not_the_workspace(dvc_project):
     from lotf.nodes.analysis import resolve_source
     from lotf.nodes.sampling import forcefield_for
     from lotf.nodes.scratch import model_fingerprint
     from lotf.nodes.selection import model_and_params
     from lotf.potential.io import load_calculator
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
-    git("init", "-q")
-    git("config", "user.email", "ci@lotf")
-    git("config", "user.name", "ci")
-    subprocess.run(["dvc", "init", "-q"], check=True)
     Path("models").mkdir()
     Path("models/tiny.yaml").write_text(json.dumps(TINY))
     ase.io.write("data.extxyz", emt_frames(8, seed=3))

@@ -9,9 +9,6 @@
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import ase.io
@@ -29,15 +26,10 @@ TINY = {"model": {"hidden": [8], "n_radial": 2, "n_basis": 4, "r_max": 4.5, "n_m
 
 
 @pytest.mark.slow  # a DVC graph of nine stages, one training, a short MD run (about a minute)
-def test_ipsuite_and_lotf_nodes_consume_each_other(tmp_path, monkeypatch):
+def test_ipsuite_and_lotf_nodes_consume_each_other(dvc_project):
     from lotf.nodes import LoadFrames, MaxDistSelection, TrainModel
     from lotf.nodes.sampling import MDSampling
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
-    for args in (["init", "-q"], ["config", "user.email", "ci@lotf"], ["config", "user.name", "ci"]):
-        subprocess.run(["git", *args], check=True)
-    subprocess.run(["dvc", "init", "-q"], check=True)
     Path("models").mkdir()
     Path("models/tiny.yaml").write_text(json.dumps(TINY))
     ase.io.write("train.extxyz", emt_frames(6, seed=1))
