@@ -9,6 +9,12 @@ a periodic Poisson solver is replaced by WAVELET and xTB's Ewald sum is switched
 structure gets ``PERIODIC XYZ`` (a solver for isolated systems only is refused before CP2K runs).
 Results are returned in eV, eV/Å and eV/Å³ (ASE sign convention, Voigt order).
 
+KINDs are either listed per element under ``force_eval/subsys/kind`` or made for the elements of
+each structure from a basis and a potential family, ``force_eval/subsys/kinds_from: {basis_set:
+TZVP-GTH, potential: GTH-PBE}`` (a lotf-only key, removed before rendering; the rule is in
+:meth:`CP2KSettings.family_kind`); listed KINDs win. :func:`check_elements` checks a system's
+elements when a campaign is built.
+
 Units at the boundary: CP2K prints the energy in Hartree, forces in Hartree/Bohr and the
 analytical stress tensor in GPa with the pressure sign (positive = the system pushes outwards),
 so ``stress_ase = -stress_cp2k``.
@@ -49,6 +55,7 @@ __all__ = [
     "cp2k_data_dirs",
     "check_executable",
     "check_input",
+    "check_elements",
     "render_input",
     "parse_output",
     "cp2k_command",
@@ -228,19 +235,77 @@ def _is_openmpi(launcher: str) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _library_names(path: str) -> dict[str, frozenset[str]]:
-    """Element -> upper-case names (with aliases) defined in a CP2K basis or potential file."""
-    names: dict[str, set[str]] = {}
+def _library_headers(path: str) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Element -> the names of each of its entries (header lines "El NAME [ALIAS ...]"), in file
+    order, as written."""
+    headers: dict[str, list[tuple[str, ...]]] = {}
     with open(path, errors="replace") as fh:
         for line in fh:
             tokens = line.split()
             if len(tokens) < 2 or tokens[0].startswith("#"):
                 continue
             sym = tokens[0].capitalize()
-            # header lines are "El NAME [ALIAS ...]"; data lines start with numbers
+            # data lines start with numbers
             if sym in atomic_numbers and not re.match(r"^[-+\d.]", tokens[1]):
-                names.setdefault(sym, set()).update(t.upper() for t in tokens[1:])
-    return {k: frozenset(v) for k, v in names.items()}
+                headers.setdefault(sym, []).append(tuple(tokens[1:]))
+    return {k: tuple(v) for k, v in headers.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _library_names(path: str) -> dict[str, frozenset[str]]:
+    """Element -> upper-case names (with aliases) defined in a CP2K basis or potential file."""
+    return {sym: frozenset(n.upper() for names in entries for n in names)
+            for sym, entries in _library_headers(path).items()}
+
+
+def _valence(name: str, family: str) -> int | None:
+    """N if ``name`` is ``FAMILY-qN`` (case-insensitive), else None."""
+    m = re.fullmatch(re.escape(family) + r"-q(\d+)", name, flags=re.I)
+    return int(m.group(1)) if m else None
+
+
+def _family_potential(entries: list[tuple[str, ...]], family: str) -> tuple[str, int | None]:
+    """(name to write, valence q) of the ``family`` potential for one element; ValueError (the
+    reason) if there is none.
+
+    ``entries``: the element's header names over the potential files, in order. The entry CP2K
+    itself takes for the bare family name (the first one carrying it as an alias) wins; without
+    such an alias, the only ``FAMILY-qN`` entry (several: ambiguous, refused). The name written is
+    the entry's ``FAMILY-qN`` (the valence stays visible in the input), else the family name; q
+    is the N of the name written (None if it does not end in ``-qN``)."""
+    up = family.upper()
+    chosen = next((names for names in entries if up in (n.upper() for n in names)), None)
+    if chosen is None:
+        with_q = [names for names in entries if any(_valence(n, family) is not None for n in names)]
+        if len(with_q) > 1:
+            found = ", ".join(n for names in with_q for n in names if _valence(n, family) is not None)
+            raise ValueError(f"several {family} potentials ({found}) and none is the alias {family}")
+        if not with_q:
+            raise ValueError(f"no {family} potential")
+        chosen = with_q[0]
+    name = next((n for n in chosen if _valence(n, family) is not None), family)
+    m = re.search(r"-q(\d+)$", name, flags=re.I)  # also for a family named like GTH-PBE-q19
+    return name, int(m.group(1)) if m else None
+
+
+def _family_basis(entries: list[tuple[str, ...]], family: str, q: int | None) -> str:
+    """Name to write for the ``family`` basis set of one element; ValueError if there is none.
+
+    ``entries``: the element's header names over the basis files, in order. ``FAMILY-qN`` with
+    N = the potential's valence q comes first; else the bare family name, provided its entry (the
+    first one carrying it: the one CP2K takes) is not made for another valence."""
+    if q is not None:
+        for names in entries:
+            for n in names:
+                if _valence(n, family) == q:
+                    return n
+    up = family.upper()
+    for names in entries:
+        if up in (n.upper() for n in names):
+            if q is not None and any(_valence(n, family) not in (None, q) for n in names):
+                break
+            return family
+    raise ValueError(f"no {family} basis" + (f" for valence q{q}" if q is not None else ""))
 
 
 def _basis_names(value: Any) -> list[str]:
@@ -327,6 +392,38 @@ class CP2KSettings:
             return {str(k["_"]): k for k in kind}
         return {str(name): sec for name, sec in kind.items()}
 
+    def semi_empirical(self) -> bool:
+        """xTB, DFTB and the NDDO methods carry their own element parameters (no basis sets or
+        potentials)."""
+        qs = _get(_get(self.force_eval, "dft", {}) or {}, "qs", {}) or {}
+        return str(_get(qs, "method", "gpw")).lower() in ("xtb", "dftb", "pm6", "am1", "mndo")
+
+    def kinds_from(self) -> dict[str, str] | None:
+        """The checked lotf-only entry ``force_eval/subsys/kinds_from: {basis_set: FAMILY,
+        potential: FAMILY}`` (None without one); see :meth:`family_kind`."""
+        subsys = _get(self.force_eval, "subsys", {})
+        k = _key(subsys, "kinds_from") if isinstance(subsys, dict) else None
+        if k is None:
+            return None
+        at = "force_eval/subsys/kinds_from"
+        value = subsys[k]
+        if not isinstance(value, dict):
+            raise self._error(f"{at} must be a mapping {{basis_set: FAMILY, potential: FAMILY}}, "
+                              f"got {value!r}")
+        families = {}
+        for key, family in value.items():
+            if str(key).lower() not in ("basis_set", "potential"):
+                raise self._error(f"{at}: unknown key {key!r} (expected basis_set and potential)")
+            if not isinstance(family, str) or len(family.split()) != 1:
+                raise self._error(f"{at}/{key} must be one family name, got {family!r}")
+            families[str(key).lower()] = family
+        missing = [key for key in ("basis_set", "potential") if key not in families]
+        if missing:
+            raise self._error(f"{at} needs {' and '.join(missing)}")
+        if self.semi_empirical():
+            raise self._error(f"{at} is for basis-set methods; this method needs no KINDs")
+        return families
+
     # -- data files --------------------------------------------------------------------------
 
     def resolve_file(self, name: str, executable: str = "cp2k.psmp") -> tuple[Path, bool]:
@@ -358,23 +455,70 @@ class CP2KSettings:
         topo = _get(subsys, "topology", {})
         if isinstance(topo, dict) and _key(topo, "coord_file_name") is not None:
             raise self._error("force_eval/subsys/topology/coord_file_name must not be set")
+        self.kinds_from()
 
-    def check_elements(self, symbols: Iterable[str], executable: str = "cp2k.psmp",
-                       where: Mapping[str, str] | None = None) -> None:
-        """Every element needs a KIND whose basis sets and potential exist in the library files."""
-        kinds = {k.lower(): v for k, v in self.kinds().items()}
+    def _libraries(self, executable: str) -> dict[str, list[tuple[str, Path]]]:
+        """(name as written, path) of the basis and of the potential files, in CP2K's order."""
         dft = _get(self.force_eval, "dft", {})
-        qs = _get(dft, "qs", {}) or {}
-        if str(_get(qs, "method", "gpw")).lower() in ("xtb", "dftb", "pm6", "am1", "mndo"):
-            return  # semi-empirical methods carry their own element parameters: no basis or potential
         libs = {}
         for kw in ("basis_set_file_name", "potential_file_name"):
             val = _get(dft, kw, "BASIS_SET" if kw.startswith("basis") else "POTENTIAL")
             names = val if isinstance(val, (list, tuple)) else [val]
             libs[kw] = [(str(n), self.resolve_file(str(n), executable)[0]) for n in names]
+        return libs
+
+    def family_kind(self, symbol: str, executable: str = "cp2k.psmp", where: str = "",
+                    libs: Mapping | None = None) -> dict[str, str]:
+        """The KIND made for ``symbol`` from ``kinds_from`` (raises if the families lack it).
+
+        Rule, per element, searching the files in CP2K's order: the potential is the entry
+        carrying the potential family's bare name as an alias (the one CP2K takes for that name),
+        else the only ``FAMILY-qN`` entry; its ``FAMILY-qN`` name is written and N is the valence
+        q. The basis set is the first ``FAMILY-qN`` with the same N, else the bare basis family
+        name when its entry is not made for another valence. E.g. C with TZVP-GTH and GTH-PBE:
+        ``{basis_set: TZVP-GTH-q4, potential: GTH-PBE-q4}``."""
+        families = self.kinds_from()
+        if families is None:
+            raise self._error("no force_eval/subsys/kinds_from")
+        libs = libs or self._libraries(executable)
+        at = f" ({where})" if where else ""
+        entries = {kw: [names for _, p in files for names in _library_headers(str(p)).get(symbol, ())]
+                   for kw, files in libs.items()}
+        kw = "potential_file_name"
+        try:
+            potential, q = _family_potential(entries[kw], families["potential"])
+            kw = "basis_set_file_name"
+            basis = _family_basis(entries[kw], families["basis_set"], q)
+        except ValueError as exc:
+            files = ", ".join(n for n, _ in libs[kw])
+            raise self._error(f"element {symbol}{at}: {exc} in {files}") from None
+        return {"basis_set": basis, "potential": potential}
+
+    def generated_kinds(self, symbols: Iterable[str], executable: str = "cp2k.psmp") -> dict[str, dict]:
+        """KINDs from ``kinds_from`` for the elements of ``symbols`` without an explicit KIND, in
+        order of atomic number (explicit KINDs win)."""
+        if self.kinds_from() is None:
+            return {}
+        explicit = {k.lower() for k in self.kinds()}
+        todo = sorted({s for s in symbols if s.lower() not in explicit},
+                      key=lambda s: (atomic_numbers.get(s, 0), s))
+        libs = self._libraries(executable) if todo else None
+        return {sym: self.family_kind(sym, executable, libs=libs) for sym in todo}
+
+    def check_elements(self, symbols: Iterable[str], executable: str = "cp2k.psmp",
+                       where: Mapping[str, str] | None = None) -> None:
+        """Every element needs a KIND (explicit, or made from ``kinds_from``) whose basis sets and
+        potential exist in the library files. Semi-empirical methods accept any element."""
+        if self.semi_empirical():
+            return
+        kinds = {k.lower(): v for k, v in self.kinds().items()}
+        family = self.kinds_from() is not None
+        libs = self._libraries(executable)
         for sym in sorted(set(symbols)):
             at = f" ({where[sym]})" if where and sym in where else ""
             sec = kinds.get(sym.lower())
+            if sec is None and family:
+                sec = self.family_kind(sym, executable, where[sym] if where and sym in where else "", libs)
             if sec is None:
                 raise self._error(f"no KIND for element {sym}{at}")
             basis = _get(sec, "basis_set")
@@ -431,15 +575,28 @@ class CP2KSettings:
             if isinstance(xtb, dict) and _key(xtb, "do_ewald") is not None:
                 _set(xtb, "do_ewald", False)
 
-    def template(self, periodic: bool, executable: str = "cp2k.psmp") -> tuple[str, str, bool]:
-        """Rendered input with placeholders: (text, fallback SCF guess, stress computed)."""
-        if periodic not in self._templates:
-            self._templates[periodic] = self._render_template(periodic, executable)
-        return self._templates[periodic]
+    def template(self, periodic: bool, executable: str = "cp2k.psmp",
+                 symbols: Iterable[str] | None = None) -> tuple[str, str, bool]:
+        """Rendered input with placeholders: (text, fallback SCF guess, stress computed).
+        ``symbols``: the structure's elements, for the KINDs made from ``kinds_from`` (None: no
+        such KINDs, e.g. to check the keywords only)."""
+        elements = None
+        if symbols is not None and self.kinds_from() is not None:
+            elements = tuple(sorted(set(symbols)))
+        key = (periodic, elements)
+        if key not in self._templates:
+            self._templates[key] = self._render_template(periodic, executable, elements or ())
+        return self._templates[key]
 
-    def _render_template(self, periodic: bool, executable: str) -> tuple[str, str, bool]:
+    def _render_template(self, periodic: bool, executable: str,
+                         elements: Iterable[str] = ()) -> tuple[str, str, bool]:
         self.check_structure_keys()
+        generated = self.generated_kinds(elements, executable)
         tree = copy.deepcopy(self.tree)
+        subsys = _get(_get(tree, "force_eval"), "subsys")
+        if isinstance(subsys, dict) and _key(subsys, "kinds_from") is not None:
+            del subsys[_key(subsys, "kinds_from")]  # lotf's own key, unknown to CP2K
+            _add_kinds(subsys, generated)
         glob = _section(tree, "global")
         _set(glob, "project", PROJECT)
         _set(glob, "run_type", "energy_force")
@@ -494,6 +651,39 @@ class CP2KSettings:
         except Exception as exc:  # cp2k-input-tools raises a zoo of exception types
             raise self._error(str(exc) or type(exc).__name__) from None
         return text, fallback, stress
+
+
+def _add_kinds(subsys: dict, kinds: Mapping[str, dict]) -> None:
+    """Append KIND sections after the explicit ones, in whichever form those are written."""
+    if not kinds:
+        return
+    k = _key(subsys, "kind")
+    if k is None:
+        subsys["kind"] = dict(kinds)
+        return
+    existing = subsys[k]
+    listed = [{"_": sym, **sec} for sym, sec in kinds.items()]
+    if isinstance(existing, list):
+        existing.extend(listed)
+    elif isinstance(existing, dict) and "_" in existing:
+        subsys[k] = [existing, *listed]
+    else:
+        existing.update(kinds)
+
+
+def check_elements(settings_file: str | Path | Mapping | CP2KSettings, elements: Iterable[str]) -> None:
+    """Check at graph build time that the CP2K settings cover every element of a system.
+
+    Each element needs an explicit KIND or one made from ``force_eval/subsys/kinds_from`` (see
+    :meth:`CP2KSettings.family_kind`), with its basis set and potential present in the data files
+    of the installed CP2K. Semi-empirical settings (xTB) accept any element. Raises
+    :class:`CP2KSetupError` with one line naming the settings file and the first lacking element
+    (alphabetically), e.g.
+    ``data/cp2k/b97-3c.yaml: element Xe: no TZVP-GTH basis for valence q8 in GTH_BASIS_SETS``.
+    The data files are looked up as for ``cp2k.psmp`` (``$CP2K_DATA_DIR``, its compiled-in
+    directory, /usr/share/cp2k).
+    """
+    load_settings(settings_file).check_elements(elements)
 
 
 def load_settings(source: str | Path | Mapping | CP2KSettings) -> CP2KSettings:
@@ -555,7 +745,7 @@ def render_input(settings: CP2KSettings, atoms: Atoms, *, restart: bool = False,
     """Complete CP2K input for one structure. ``restart`` switches SCF_GUESS to RESTART (the
     wavefunction file ``lotf-RESTART.wfn`` in the working directory)."""
     periodic = periodicity(atoms)
-    text, fallback, _ = settings.template(periodic, executable)
+    text, fallback, _ = settings.template(periodic, executable, atoms.get_chemical_symbols())
     cell = atoms.cell.array if periodic else vacuum_cell(atoms, vacuum)
     vec = ["{:.10f} {:.10f} {:.10f}".format(*v) for v in cell]
     coord_lines = [
@@ -741,7 +931,8 @@ class CP2KRunner:
         wall = time.perf_counter() - t0
         out_path = self.workdir / OUTPUT_NAME
         text = out_path.read_text(errors="replace") if out_path.is_file() else ""
-        _, _, stress = self.settings.template(periodic, self.executable)
+        _, _, stress = self.settings.template(periodic, self.executable,
+                                              atoms.get_chemical_symbols())
         if proc.returncode < 0:
             raise CP2KInterrupted(f"CP2K was killed by signal {-proc.returncode}")
         if proc.returncode != 0:
