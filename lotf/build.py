@@ -1,9 +1,12 @@
-"""``lotf build``: write dvc.yaml / params.yaml / zntrack.json for campaigns in ``stages/``.
+"""``lotf build``: write dvc.yaml / params.yaml / zntrack.json for campaigns.
 
-The repository's committed ``dvc.yaml``, ``params.yaml`` and ``zntrack.json`` are the paper
-graph (``lotf build --profile paper``, every campaign). Any other build (another profile, or only
-some campaigns) would replace them, so :func:`check_target` refuses it where ``dvc.yaml`` is
-committed to git, unless forced; :func:`build_into` builds in a separate project instead.
+A campaign is a campaign file (``campaigns/<name>.yaml`` or any ``--config FILE``, see
+:mod:`lotf.campaign`), built by its template in the project's ``stages/``, or a campaign written
+in Python (``stages/alanine.py``: ``PROFILES`` and ``build``). The repository's committed
+``dvc.yaml``, ``params.yaml`` and ``zntrack.json`` are the paper graph (``lotf build --profile
+paper``, every built-in campaign). Any other build (another profile, or only some campaigns) would
+replace them, so :func:`check_target` refuses it where ``dvc.yaml`` is committed to git, unless
+forced; :func:`build_into` builds in a separate project instead.
 """
 
 from __future__ import annotations
@@ -15,25 +18,48 @@ import subprocess
 import sys
 from pathlib import Path
 
-CAMPAIGNS = ("bmim_bf4", "water", "alanine")
+BUILT_IN = ("bmim_bf4", "water", "alanine")  # the paper graph, in this order
 GRAPH_FILES = ("dvc.yaml", "params.yaml", "zntrack.json")
-COPIED = ("stages", "models", "data")  # what a campaign graph needs beside it
+COPIED = ("stages", "models", "data", "campaigns")  # what a campaign graph needs beside it
 
 
 class BuildRefused(RuntimeError):
     """A build that would silently replace a committed graph."""
 
 
-def campaign_module(name: str, root: Path):
-    if name not in CAMPAIGNS:
-        raise ValueError(f"unknown campaign '{name}' (known: {', '.join(CAMPAIGNS)})")
+def is_config(entry: str) -> bool:
+    return str(entry).endswith((".yaml", ".yml"))
+
+
+def _stages_module(name: str, root: Path):
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return importlib.import_module(f"stages.{name}")
 
 
+def known_campaigns(root: Path) -> list[str]:
+    """Campaign files of ``root/campaigns`` and the Python campaigns of ``root/stages``."""
+    files = sorted(path.stem for path in (root / "campaigns").glob("*.yaml"))
+    modules = [path.stem for path in sorted((root / "stages").glob("*.py"))
+               if path.stem not in files and "PROFILES =" in path.read_text()]
+    return [*files, *modules]
+
+
+def campaign_source(entry: str, root: Path) -> Path | object:
+    """A campaign file (a path; by name: ``campaigns/<name>.yaml`` of ``root``) or a Python
+    campaign module; unknown names fail in one line."""
+    if is_config(entry):
+        return Path(entry)
+    config = root / "campaigns" / f"{entry}.yaml"
+    if config.is_file():
+        return config.relative_to(root) if Path.cwd().resolve() == root else config
+    if entry in known_campaigns(root):
+        return _stages_module(entry, root)
+    raise ValueError(f"unknown campaign '{entry}' (known: {', '.join(known_campaigns(root))})")
+
+
 def is_full_paper_build(campaigns: list[str] | None, profile: str) -> bool:
-    return profile == "paper" and set(campaigns or CAMPAIGNS) == set(CAMPAIGNS)
+    return profile == "paper" and set(campaigns or BUILT_IN) == set(BUILT_IN)
 
 
 def committed(path: Path) -> bool:
@@ -53,27 +79,39 @@ def check_target(root: str | Path, campaigns: list[str] | None, profile: str, fo
     if force or is_full_paper_build(campaigns, profile):
         return
     if (root / "dvc.yaml").exists() and committed(root / "dvc.yaml"):
-        what = f"profile '{profile}'" + (f" of {', '.join(campaigns)}" if campaigns else "")
+        what = f"profile '{profile}'" + (f" of {', '.join(map(str, campaigns))}" if campaigns else "")
         raise BuildRefused(f"{root / 'dvc.yaml'} is committed (the paper graph); building {what} here would "
                            "replace it: use --out DIR to build elsewhere, or --force")
 
 
 def build(campaigns: list[str] | None, profile: str, root: str | Path = ".") -> list[str]:
-    """Build the ZnTrack graph of ``campaigns`` (all when empty) at ``profile`` in the current
-    directory, with the campaign definitions of ``root``."""
+    """Build the ZnTrack graph of ``campaigns`` (names or campaign files; all built-in ones when
+    empty) at ``profile`` in the current directory, with the templates of ``root/stages``.
+    Every campaign is read and checked before any node is made. Returns the campaign names."""
     import zntrack
 
+    from lotf.campaign import check_campaign, load_campaign
+
     root = Path(root).resolve()
-    names = list(campaigns) if campaigns else list(CAMPAIGNS)
-    modules = [campaign_module(name, root) for name in names]  # unknown names fail before any write
-    for module in modules:
-        module.check_profile(module.NAME, profile, module.PROFILES)
+    entries = list(campaigns) if campaigns else list(BUILT_IN)
+    plans = []  # (name, build function, its argument)
+    for entry in entries:  # unknown names, profiles and keys fail before any write
+        source = campaign_source(str(entry), root)
+        if isinstance(source, Path):
+            campaign = load_campaign(source, profile)
+            template = _stages_module(campaign.template, root)
+            check_campaign(campaign)
+            template.check(campaign)
+            plans.append((campaign.name, template.build, campaign))
+        else:
+            source.check_profile(source.NAME, profile, source.PROFILES)
+            plans.append((source.NAME, source.build, profile))
     project = zntrack.Project()
-    for module in modules:
-        module.build(project, profile)
+    for _, build_campaign, argument in plans:
+        build_campaign(project, argument)
     project.build()
     quiet_node_metrics(Path("dvc.yaml"))
-    return names
+    return [name for name, _, _ in plans]
 
 
 SUMMARY = "summary.json"  # a campaign's one metrics file (CampaignReport.summary)
@@ -114,32 +152,95 @@ def quiet_node_metrics(dvc_yaml: Path) -> int:
 
 
 def build_into(out: str | Path, campaigns: list[str] | None, profile: str, source: str | Path = ".") -> list[str]:
-    """Build in a separate git + DVC project ``out``: ``stages/``, ``models/`` and ``data/`` are copied
-    from ``source`` (replacing earlier copies), git and DVC are initialised when missing."""
+    """Build in a separate git + DVC project ``out``: ``stages/``, ``models/``, ``data/`` and
+    ``campaigns/`` are copied from ``source`` (replacing earlier copies; a campaign file from
+    elsewhere is copied into ``out/campaigns/``), git and DVC are initialised when missing."""
     source, out = Path(source).resolve(), Path(out).resolve()
     if out == source:
         raise BuildRefused(f"--out {out} is the source project itself")
-    for name in CAMPAIGNS if not campaigns else campaigns:  # unknown names fail before anything is written
-        if name not in CAMPAIGNS:
-            raise ValueError(f"unknown campaign '{name}' (known: {', '.join(CAMPAIGNS)})")
-    missing = [name for name in COPIED if not (source / name).is_dir()]
+    entries = [str(e) for e in campaigns] if campaigns else list(BUILT_IN)
+    for entry in entries:  # unknown names fail before anything is written
+        if not is_config(entry):
+            campaign_source(entry, source)
+        elif not Path(entry).is_file():
+            raise FileNotFoundError(f"{entry}: campaign file not found")
+    missing = [name for name in COPIED[:3] if not (source / name).is_dir()]
     if missing:
         raise FileNotFoundError(f"{source}: no {', '.join(missing)} folder to copy (run lotf build in the project)")
     out.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (out / name).exists():
             shutil.rmtree(out / name)
-        shutil.copytree(source / name, out / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for command, marker in ((["git", "init", "-q"], ".git"), (["dvc", "init", "-q"], ".dvc")):
-        if not (out / marker).exists():
-            result = subprocess.run(command, cwd=out, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"{out}: '{' '.join(command)}' failed: {result.stderr.strip()}")
+        if (source / name).is_dir():
+            shutil.copytree(source / name, out / name, ignore=shutil.ignore_patterns("__pycache__"))
+    entries = [copy_config(entry, source, out) if is_config(entry) else entry for entry in entries]
+    init_project(out)
     cwd = os.getcwd()
     os.chdir(out)
     try:
         for module in [m for m in list(sys.modules) if m == "stages" or m.startswith("stages.")]:
             del sys.modules[module]  # the copied definitions, not ones imported from elsewhere
-        return build(campaigns, profile, out)
+        return build(entries, profile, out)
     finally:
         os.chdir(cwd)
+
+
+def copy_config(config: str | Path, source: Path, out: Path) -> str:
+    """The campaign file ``config`` in project ``out``: at the same place when it lies in ``source``,
+    else in ``out/campaigns/``. Returns its path relative to ``out``."""
+    path = Path(config).resolve()
+    try:
+        relative = path.relative_to(source)
+    except ValueError:
+        relative = Path("campaigns") / path.name
+    if not (out / relative).exists() or not (out / relative).samefile(path):
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out / relative)
+    return str(relative)
+
+
+def init_project(out: Path) -> None:
+    """``git init`` and ``dvc init`` in ``out`` unless done."""
+    for command, marker in ((["git", "init", "-q"], ".git"), (["dvc", "init", "-q"], ".dvc")):
+        if not (out / marker).exists():
+            result = subprocess.run(command, cwd=out, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"{out}: '{' '.join(command)}' failed: {result.stderr.strip()}")
+
+
+def init(directory: str | Path, config: str | Path, profile: str = "smoke", source: str | Path | None = None) -> Path:
+    """``lotf init DIR --config FILE``: a fresh git + DVC project in ``DIR`` around one campaign
+    file, with what its template needs (``stages/`` and ``models/`` of ``source``, default the lotf
+    repository, and the files the campaign file names, from the working directory or ``source``),
+    built at ``profile``. Returns the campaign file's path in ``DIR``."""
+    from lotf.campaign import files_named, load_campaign, profiles
+
+    source = Path(source).resolve() if source else Path(__file__).resolve().parents[1]
+    directory = Path(directory).resolve()
+    load_campaign(config, profile)  # a bad file or profile fails before anything is written
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory}: not empty (lotf init creates a fresh project)")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("stages", "models"):
+        shutil.copytree(source / name, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
+    named = {path for name in profiles(config) for path in files_named(load_campaign(config, name))}
+    for path in sorted(named):  # every profile's files, so that any profile builds there
+        found = next((base / path for base in (Path.cwd(), source) if (base / path).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{config}: names {path}, which is neither here nor in {source}")
+        (directory / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found, directory / path)
+    relative = Path("campaigns") / Path(config).name
+    (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config, directory / relative)
+    init_project(directory)
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        for module in [m for m in list(sys.modules) if m == "stages" or m.startswith("stages.")]:
+            del sys.modules[module]
+        build([str(relative)], profile, directory)
+    finally:
+        os.chdir(cwd)
+    return directory / relative
+

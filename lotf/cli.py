@@ -226,12 +226,15 @@ def bench_validation(directory: Optional[Path] = typer.Option(None, help="where 
 
 
 @app.command()
-def build(campaigns: list[str] = typer.Argument(None, help="campaigns to build (default: all)"),
-          profile: str = typer.Option("paper", help="paper (the seeds' settings) or smoke (tiny, for CI/demo)"),
+def build(campaigns: list[str] = typer.Argument(None, help="campaigns to build: names in campaigns/ or stages/, "
+                                                          "or campaign files (default: every built-in campaign)"),
+          config: Optional[list[Path]] = typer.Option(None, "--config", help="a campaign file (YAML); repeatable"),
+          profile: str = typer.Option("paper", help="a profile of the campaigns: paper (the seeds' settings), "
+                                                    "smoke (tiny, for CI/demo), oracle (water)"),
           out: Optional[Path] = typer.Option(None, "--out", help="build in this separate git + DVC project "
-                                                                 "(stages/, models/, data/ are copied there)"),
+                                                                 "(stages/, models/, data/, campaigns/ are copied there)"),
           force: bool = typer.Option(False, "--force", help="replace a committed graph with a non-paper build")):
-    """Write dvc.yaml, params.yaml and zntrack.json for the campaigns in stages/.
+    """Write dvc.yaml, params.yaml and zntrack.json for campaign files and the campaigns in stages/.
 
     The committed graph is the paper profile of every campaign; any other build where dvc.yaml is
     committed is refused unless --force: use --out DIR to build it elsewhere.
@@ -239,13 +242,30 @@ def build(campaigns: list[str] = typer.Argument(None, help="campaigns to build (
     from lotf.build import build as build_campaigns
     from lotf.build import build_into, check_target
 
+    selected = [*(campaigns or []), *map(str, config or [])] or None
     if out is not None:
-        names = build_into(out, campaigns or None, profile)
+        names = build_into(out, selected, profile)
         typer.echo(f"built {', '.join(names)} ({profile}) in {out}")
         return
-    check_target(".", campaigns or None, profile, force)
-    names = build_campaigns(campaigns or None, profile)
+    check_target(".", selected, profile, force)
+    names = build_campaigns(selected, profile)
     typer.echo(f"built {', '.join(names)} ({profile})")
+
+
+@app.command()
+def init(directory: Path = typer.Argument(..., help="the new project (created; must be empty)"),
+         config: Path = typer.Option(..., "--config", help="the campaign file (YAML)"),
+         profile: str = typer.Option("smoke", help="the profile to build")):
+    """Create a git + DVC project around a campaign file and build it (then: cd DIR && dvc repro).
+
+    Copies the campaign file into DIR/campaigns/, the templates (stages/), the model presets
+    (models/) and every file the campaign file names (CP2K settings, topologies, tables).
+    """
+    from lotf.build import init as init_project
+
+    path = init_project(directory, config, profile)
+    typer.echo(f"created {directory} with {path.relative_to(Path(directory).resolve())} ({profile} built); "
+               f"run: cd {directory} && dvc repro")
 
 
 def _load_benchmark(name: str):

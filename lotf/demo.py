@@ -26,7 +26,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("stages", "models", "data")
+COPIED = ("stages", "models", "data", "campaigns")
 
 
 def emt_frames(n: int, seed: int = 0) -> list:

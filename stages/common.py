@@ -66,11 +66,13 @@ def labeller(reference: dict[str, Any]):
     raise BuildError(f"reference: needs 'cp2k' or 'forcefield' (got {', '.join(options) or 'nothing'})")
 
 
-def check_row(campaign: str, row: dict[str, Any], starts=None, kinds=ROW_KINDS, references=None) -> None:
+def check_row(campaign: str, row: dict[str, Any], starts=None, kinds=ROW_KINDS, references=None,
+              label: str = "iteration") -> None:
     """Reject a row with an unknown key or value at build time, in one line naming the campaign,
     the iteration and the offending value. ``starts`` are the campaign's structure sources,
-    ``kinds`` its row kinds and ``references`` its labellers (``None``: not checked)."""
-    where = f"{campaign} iteration {row.get('name', '?')}"
+    ``kinds`` its row kinds and ``references`` its labellers (``None``: not checked). A campaign
+    file passes ``"<file>: iterations"`` and no ``label``: ``<file>: iterations ML7: ...``."""
+    where = " ".join(part for part in (campaign, label, str(row.get("name", "?"))) if part)
     unknown = set(row) - ROW_KEYS
     if unknown:
         raise BuildError(f"{where}: unknown setting '{sorted(unknown)[0]}' (known: {', '.join(sorted(ROW_KEYS))})")

@@ -15,7 +15,7 @@ ROOT_FILES = ("dvc.yaml", "params.yaml", "zntrack.json")
 
 def fresh_project(path: Path) -> Path:
     path.mkdir()
-    for name in ("stages", "models", "data"):
+    for name in ("stages", "models", "data", "campaigns"):
         shutil.copytree(REPO / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q"], cwd=path, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=path, check=True)

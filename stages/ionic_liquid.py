@@ -1,0 +1,456 @@
+"""Ionic-liquid template: a campaign file (``template: ionic_liquid``) as a learning-on-the-fly graph.
+
+Written for seed 1's BMIM-BF4 campaign (``campaigns/bmim_bf4.yaml``; Table 1, reference notes
+§3.3), it takes any cation/anion pair of the file's ``system``.
+
+Graph: classical seed (GROMACS OPLS-AA, or GFN-xTB MD with ``seed.kind: xtb``) -> reference labels
+-> outlier filter -> test/validation/train splits -> classical model -> ML0 (MaxDist from the
+labelled seed pool) -> one group per row of ``iterations``. Row kinds: ``sampling`` (MD, optional
+FIRE, selection, labels, warm-started model), ``conformers`` (boxes packed from RDKit conformers,
+all labelled), ``volume_scan`` (relaxed conformer boxes scanned rigidly, then MD) and ``no_d3``
+(the D3-free branch: FIRE plus several MDs, labelled by ``reference.cp2k_no_d3``; the first one
+relabels the data set without D3). The last iteration trains ``model.final_models`` (D3 two-body
+added to the D3-free labels), which feed ``production`` (packed boxes, FIRE, compression to the
+experimental density; NVT per size and temperature -> RDF, diffusion, box-size extrapolation,
+Arrhenius plot, optional butyl dihedrals; NPT densities per density model) and the optional
+``exploration`` (seed 2: MD, UDD and ERBS with a shallow ensemble).
+
+Every MD and FIRE pool is screened before selection with the row's ``screening`` (close contacts;
+``intact_molecules`` against the seed's molecules).
+"""
+
+from __future__ import annotations
+
+import zntrack
+
+from lotf.campaign import Campaign
+from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
+from lotf.nodes.analysis import (RDF, ArrheniusPlot, BoxSizeExtrapolation, Density, DensityComparison, Diffusion,
+                                 Dihedrals, ExplorationMetrics, PredictionMetrics)
+from lotf.nodes.d3 import RecomputeD3
+from lotf.nodes.frames import FilterOutliers, MergeFrames
+from lotf.nodes.production import ProductionMD
+from lotf.nodes.sampling import GeometryOptimisation, MDSampling
+from lotf.nodes.seed import GromacsSeed, PackBox, SmilesConformers, VolumeScan
+from stages.common import (DEFAULT_SCREENING, BuildError, CampaignState, as_sources, check_row, labeller,
+                           learning_step, report)
+
+# row kinds and the structures an MD or FIRE may start from
+KINDS = ("sampling", "conformers", "volume_scan", "no_d3")
+STARTS = ("seed", "previous", "volume_scan", "conformers", "geo_opt")
+REFERENCES = ("dft-d3", "dft")  # reference.cp2k (with D3) and reference.cp2k_no_d3
+OPTIONS = {"conformers": {"density", "n_conformers"},
+           "volume_scan": {"boxes", "points", "rho_min", "rho_max", "n_select"}, "no_d3": {"samplers"}}
+PRESSURE = 1.01325  # bar: 1 atm, every NPT run of the production
+
+
+def _stage_name(label: str) -> str:
+    """DVC stage names allow no punctuation but '-' and '_': 0.5 -> 0p5."""
+    return label.replace(".", "p")
+
+
+def exploration_runs(udd_heights, udd_widths, erbs_barriers, erbs_bandwidths, erbs_components,
+                     interval: int = 10_000) -> dict[str, dict]:
+    """Seed 2 §3.3: plain MD, UDD on an A x B grid and ERBS scanned one parameter at a time
+    around ΔE 1.5 eV/atom, σ 2.0, k 2 (kernels every ``interval`` steps, 5 ps at 0.5 fs)."""
+    runs: dict[str, dict] = {"MD": {"method": "md"}}
+    for a in udd_heights:
+        for b in udd_widths:
+            runs[_stage_name(f"UDD-A{a:g}-B{b:g}")] = {"method": "udd", "bias": {"height": a, "width": b, "per_atom": True}}
+    base = {"barrier": 1.5, "bandwidth": 2.0, "n_components": 2}
+    scans = [("barrier", "dE", erbs_barriers), ("bandwidth", "sigma", erbs_bandwidths),
+             ("n_components", "k", erbs_components)]
+    for key, short, values in scans:
+        for value in values:
+            bias = {**base, key: value, "per_atom": True, "interval": interval}
+            name = f"ERBS-dE{bias['barrier']:g}-sigma{bias['bandwidth']:g}-k{bias['n_components']}"
+            runs[_stage_name(name)] = {"method": "erbs", "bias": bias}
+    return runs
+
+
+def check_rows(c: Campaign, rows: list[dict]) -> None:
+    """Build-time checks of every row (and of no_d3 rows' samplers): kinds, starts, references and
+    option names fail in one line naming the file and the iteration."""
+    where = c.where("iterations").rstrip()
+    for row in rows:
+        check_row(where, row, starts=STARTS if row.get("kind") != "conformers" else None, kinds=KINDS,
+                  references=REFERENCES, label="")
+        kind = row.get("kind", "sampling")
+        if kind in ("volume_scan",) and "sampling" not in row:
+            raise BuildError(f"{where} {row['name']}: missing setting 'sampling'")
+        known = OPTIONS.get(kind, set())
+        for key in row.get("options", {}):
+            if key not in known:
+                raise BuildError(f"{where} {row['name']}: unknown option '{key}' "
+                                 f"(known: {', '.join(sorted(known)) or 'none'})")
+        if kind == "no_d3" and not c["reference"].get("cp2k_no_d3"):
+            raise BuildError(f"{where} {row['name']}: a no_d3 row needs reference.cp2k_no_d3")
+        for k, sampler in enumerate(row.get("options", {}).get("samplers", [])):
+            check_row(where, {"name": f"{row['name']} sampler {k}", **sampler}, starts=STARTS, label="")
+
+
+def check(c: Campaign) -> None:
+    """Everything a build needs from the file, checked before any node is made."""
+    c.require("system", "cation", "anion", "pairs", "packing_density")
+    seed = c.require("seed", "kind", "density", "temperature", "steps", "interval", "n_test", "n_validation",
+                     "n_train", "n_maxdist")
+    if seed["kind"] == "gromacs":
+        for ion in ("cation", "anion"):
+            if "gromacs" not in c["system"][ion]:
+                raise BuildError(f"{c.where('system', ion)}: missing key 'gromacs' (seed kind gromacs)")
+    elif seed["kind"] != "xtb":
+        raise BuildError(f"{c.where('seed')}: unknown kind '{seed['kind']}' (known: gromacs, xtb)")
+    c.require("reference", "cp2k")
+    model = c.require("model", "initial", "final", "final_models", "final_variants")
+    c.require("geo_opt", "fmax", "max_steps", "max_frames")
+    check_rows(c, c.iterations)
+    q = c.require("production", "model", "n_conformers", "fire_steps", "thermostat", "compress_steps", "temperatures",
+                  "sizes", "equilibration_steps", "steps", "rate", "rdf_temperatures", "diffusion_groups",
+                  "max_lag_ps", "fit_window_ps", "arrhenius_per_size", "npt_pairs", "npt_temperatures",
+                  "npt_equilibration_steps", "npt_steps", "npt_rate", "npt_models", "density_models")
+    for label in model["final_models"]:
+        if label not in model["final_variants"]:
+            raise BuildError(f"{c.where('model', 'final_models')}: unknown final model '{label}' "
+                             f"(known: {', '.join(model['final_variants'])})")
+    if "DFT" not in model["final_models"]:
+        raise BuildError(f"{c.where('model', 'final_models')}: needs 'DFT' (the D3-free model the report tests)")
+    if q["model"] not in model["final_models"]:
+        raise BuildError(f"{c.where('production')}: unknown model '{q['model']}' "
+                         f"(known: {', '.join(model['final_models'])})")
+    for label in q["npt_models"]:
+        if label not in q["density_models"]:
+            raise BuildError(f"{c.where('production', 'npt_models')}: unknown density model '{label}' "
+                             f"(known: {', '.join(q['density_models'])})")
+        if q["density_models"][label]["model"] not in model["final_models"]:
+            raise BuildError(f"{c.where('production', 'density_models', label)}: unknown model "
+                             f"'{q['density_models'][label]['model']}' (known: {', '.join(model['final_models'])})")
+    if len(q["sizes"]) < 2:
+        raise BuildError(f"{c.where('production')}: 'sizes' needs at least two box sizes (box-size extrapolation)")
+    if "exploration" in c.sections:
+        c.require("exploration", "model", "n_train", "steps", "rate", "group", "erbs_interval")
+
+
+def _labels(c: Campaign) -> dict:
+    ref = c["reference"]
+    run = {key: ref[key] for key in ("n_ranks", "n_threads") if key in ref}
+    return {"dft-d3": labeller({"cp2k": ref["cp2k"], **run}),
+            "dft": labeller({"cp2k": ref.get("cp2k_no_d3", ref["cp2k"]), **run})}
+
+
+def _seed(c: Campaign):
+    """The classical seed trajectory: GROMACS OPLS-AA, or GFN-xTB MD (``seed.kind: xtb``)."""
+    s, system = c["seed"], c["system"]
+    cation, anion, pairs = system["cation"], system["anion"], system["pairs"]
+    if s["kind"] == "xtb":
+        from lotf.nodes.seed import XTBSeed  # imported here: only xTB-seeded campaigns need it
+
+        extra = {key: s[key] for key in ("timestep", "seed", "method") if key in s}
+        return XTBSeed(smiles=[cation["smiles"], anion["smiles"]], count=[pairs, pairs], density=s["density"],
+                       temperature=s["temperature"], n_steps=s["steps"], interval=s["interval"], **extra)
+    extra = {"topologies": s["topologies"]} if "topologies" in s else {}
+    return GromacsSeed(species={cation["gromacs"]: pairs, anion["gromacs"]: pairs}, density=s["density"],
+                       temperature=s["temperature"], n_steps=s["steps"], timestep=s.get("timestep", 1.0),
+                       interval=s["interval"], seed=s.get("seed", 42), **extra)
+
+
+def build(project: zntrack.Project, c: Campaign) -> None:
+    check(c)
+    s, m, group = c["seed"], c["model"], c.group
+    labels = _labels(c)
+
+    with project.group(group, "classical"):
+        seed = _seed(c)
+        labelled = labels["dft-d3"](seed.frames)
+        clean = FilterOutliers(data=labelled.frames, threshold=s.get("outlier_threshold", 3.0))
+        test = RandomSelection(data=clean.frames, n_configurations=s["n_test"], seed=1234, name="TestSet")
+        val = RandomSelection(data=test.excluded_frames, n_configurations=s["n_validation"], seed=1234,
+                              name="ValidationSet")
+        train = RandomSelection(data=val.excluded_frames, n_configurations=s["n_train"], seed=1234, name="TrainSet")
+        model = TrainModel(data=train.frames, validation_data=val.frames, config=m["initial"],
+                           overrides=m.get("overrides", {}))
+        classical = model
+
+    with project.group(group, "ML0"):  # MaxDist from the already-labelled classical pool
+        pick = MaxDistSelection(data=train.excluded_frames, train_data=train.frames, model=model,
+                                n_configurations=s["n_maxdist"])
+        train_set = MergeFrames(data=[train.frames, pick.frames], name="TrainingSet")
+        model = TrainModel(data=train_set.frames, validation_data=val.frames, config=m["initial"],
+                           overrides=m.get("overrides", {}), init_from=model)
+    state = CampaignState(model=model, train=train_set, validation=val, last_structure=seed)
+    state.log.append(("classical", classical, None, labelled))  # every seed frame labelled, n_train for training
+    state.picks["classical"] = [train]
+    state.record("ML0", picks=[pick])
+
+    sources = {"seed": seed}  # named start structures; "previous" is the state's last structure
+    no_d3: list[str] = []  # iterations whose models are trained without D3
+    for k, row in enumerate(c.iterations):
+        kind = row.get("kind", "sampling")
+        with project.group(group, row["name"]):
+            if kind == "conformers":
+                sources["conformers"] = _conformers(c, row, state, labels["dft-d3"])
+                continue
+            if kind == "volume_scan":
+                sources["volume_scan"] = _volume_scan(c, row, state, sources, labels["dft-d3"], seed=k)
+            if kind == "no_d3":
+                if not no_d3:  # the first D3-free iteration relabels the data set and trains on it
+                    _relabel_without_d3(c, state, labels["dft"])
+                    no_d3.append(state.log[-1][0])
+                _no_d3_iteration(c, row, state, sources, labels["dft"], seed=k)
+                no_d3.append(row["name"])
+                continue
+            start = _start(c, row, state, sources)
+            picks = state.picks.get(row["name"], [])
+            vs_labels = state.log.pop()[3] if kind == "volume_scan" else None  # re-recorded with the MD part
+            state = learning_step(row, state, start=start, label=labels[row.get("reference", "dft-d3")],
+                                  model_config=m["initial"], model_overrides=m.get("overrides", {}), seed=k,
+                                  screening_reference=seed, geo_opt=c["geo_opt"])
+            if kind == "volume_scan":  # one iteration: the scan's points and the MD's
+                name, model, sampler, label = state.log[-1]
+                state.log[-1] = (name, model, sampler, [vs_labels, label])
+                state.picks[name] = picks + state.picks[name]
+
+    finals = _final_models(project, c, state, no_d3)
+    with project.group(group, "report"):
+        # the D3-free models are tested on the test set relabelled without D3 (taking CP2K's
+        # three-body D3 out at its 15.9 Å cutoff needs ~5e7 triangles for 120 atoms)
+        test_no_d3 = labels["dft"](test.frames, name="TestSetDFT") if no_d3 else None
+        report(state, test, test_no_d3, no_d3)
+    _production(project, c, finals[0])
+    if "exploration" in c.sections:
+        _exploration(project, c, finals, seed)
+
+
+def _start(c: Campaign, row: dict, state: CampaignState, sources: dict):
+    """The structure a row starts from (names are checked at build time by :func:`check_rows`)."""
+    name = row["start"]
+    if name == "previous":
+        return state.last_structure
+    if name not in sources:
+        raise BuildError(f"{c.where('iterations', row['name'])}: start '{name}' is used before an iteration made it")
+    return sources[name]
+
+
+def _ions(c: Campaign, n_conformers: int, seed: int) -> tuple[SmilesConformers, SmilesConformers]:
+    """RDKit conformers of the cation and the anion (nodes named after them)."""
+    cation, anion = c["system"]["cation"], c["system"]["anion"]
+    return (SmilesConformers(smiles=cation["smiles"], n_conformers=n_conformers, seed=seed, name=cation["name"]),
+            SmilesConformers(smiles=anion["smiles"], n_conformers=n_conformers, seed=seed, name=anion["name"]))
+
+
+def _conformers(c: Campaign, row: dict, state: CampaignState, label) -> PackBox:
+    """Boxes of ``system.pairs`` ion pairs packed at ``options.density`` from RDKit conformers
+    (seed 1 ML11), all labelled and added to the training set (the next model sees them)."""
+    o, pairs, m = row["options"], c["system"]["pairs"], c["model"]
+    cation, anion = _ions(c, o["n_conformers"], seed=42)
+    boxes = PackBox(data=[cation.frames, anion.frames], count=[pairs, pairs],
+                    density=o.get("density", c["system"]["packing_density"]), n_configurations=row["n_select"],
+                    seed=42)
+    box_labels = label(boxes.frames, name="PackedLabel")
+    state.train = MergeFrames(data=[state.train.frames, box_labels.frames], name="TrainingSet")
+    state.model = TrainModel(data=state.train.frames, validation_data=state.validation.frames, config=m["initial"],
+                             overrides=m.get("overrides", {}), init_from=state.model)
+    state.record(row["name"], label=box_labels)
+    return boxes
+
+
+def _volume_scan(c: Campaign, row: dict, state: CampaignState, sources: dict, label, seed: int) -> GeometryOptimisation:
+    """Seed 1 ML13's volume scan: the first ``boxes`` conformer boxes relaxed with the current
+    model, each scanned rigidly over ``points`` densities, ``n_select`` scans at random, labelled
+    and added to the training set the MD part selects against. Returns the last relaxed box."""
+    o = row["options"]
+    if "conformers" not in sources:
+        raise BuildError(f"{c.where('iterations', row['name'])}: the volume scan needs the conformer boxes of a "
+                         "'conformers' iteration before it")
+    relaxed, scans = [], []
+    for b in range(o["boxes"]):
+        relaxed.append(GeometryOptimisation(model=state.model, data=sources["conformers"].frames, data_id=b,
+                                            name=f"ScanStart{b}", **c["geo_opt"]))
+        scans.append(VolumeScan(data=relaxed[-1].frames, data_ids=[-1], start=o["rho_min"], stop=o["rho_max"],
+                                num=o["points"], name=f"VolumeScan{b}"))
+    pool = scans[0] if len(scans) == 1 else MergeFrames(data=[scan.frames for scan in scans], name="ScanPool")
+    pick = RandomSelection(data=pool.frames, n_configurations=o["n_select"], seed=seed, name="ScanPick",
+                           screening=DEFAULT_SCREENING)  # rigid molecules: only the contacts can fail
+    scan_labels = label(pick.frames, name="ScanLabel")
+    state.train = MergeFrames(data=[state.train.frames, scan_labels.frames], name="ScanTrainingSet")
+    state.picks[row["name"]] = [pick]
+    state.log.append((row["name"], state.model, None, scan_labels))
+    return relaxed[-1]
+
+
+def _relabel_without_d3(c: Campaign, state: CampaignState, label) -> None:
+    """The published D3-free branch: training and validation sets relabelled by CP2K without D3
+    (taking CP2K's three-body D3 out analytically is intractable in the condensed phase) and a
+    model trained on them from scratch."""
+    train = label(state.train.frames, name="TrainDFT")
+    validation = label(state.validation.frames, name="ValidationDFT")
+    previous = state.log[-1][0]
+    state.train, state.validation = train, validation
+    state.model = TrainModel(data=train.frames, validation_data=validation.frames, config=c["model"]["final"],
+                             name="ModelNoD3")
+    state.record(f"{previous}-noD3", label=[train, validation])
+
+
+def _no_d3_iteration(c: Campaign, row: dict, state: CampaignState, sources: dict, label, seed: int) -> None:
+    """Seed 1 ML16 / ML17: FIRE from the row's start with the current D3-free model, its path
+    screened and ``n_select`` picked by MaxDist; then each sampler (MD from its own start or from
+    the relaxed structure, ``"geo_opt"``) gives ``n_validation`` random validation and
+    ``n_select`` random training points; all labelled without D3; one model trained from scratch."""
+    screening = row.get("screening", DEFAULT_SCREENING)
+    start = as_sources(_start(c, row, state, sources))
+    geo = GeometryOptimisation(model=state.model, data=start, data_id=-1, fallback=start, name="GeoOpt",
+                               **c["geo_opt"])
+    geo_pick = MaxDistSelection(data=geo.frames, train_data=state.train.frames, model=state.model,
+                                n_configurations=row["n_select"], screening=screening,
+                                screening_reference=sources["seed"].frames, name="GeoOptPick")
+    local = {**sources, "previous": state.last_structure, "geo_opt": geo}
+    picks, train_new, val_new, samplers = [geo_pick], [geo_pick.frames], [], []
+    for k, sampler in enumerate(row["options"]["samplers"]):
+        origin = as_sources(local[sampler["start"]] if sampler["start"] in local
+                            else _start(c, sampler, state, sources))
+        md = MDSampling(model=state.model, data=origin, data_id=-1, seed=seed, name=f"MD{k}", **sampler["sampling"])
+        val_pick = RandomSelection(data=md.frames, n_configurations=sampler.get("n_validation", 0), seed=seed,
+                                   screening=screening, screening_reference=sources["seed"].frames,
+                                   name=f"ValidationPick{k}")
+        pick = RandomSelection(data=val_pick.excluded_frames, n_configurations=sampler["n_select"], seed=seed,
+                               name=f"TrainPick{k}")
+        samplers.append(md)
+        picks += [val_pick, pick]
+        train_new.append(pick.frames)
+        val_new.append(val_pick.frames)
+    train_labels = label(MergeFrames(data=train_new, name="NewTraining").frames, name="TrainLabel")
+    val_labels = label(MergeFrames(data=val_new, name="NewValidation").frames, name="ValidationLabel")
+    state.train = MergeFrames(data=[state.train.frames, train_labels.frames], name="TrainingSet")
+    state.validation = MergeFrames(data=[state.validation.frames, val_labels.frames], name="Validation")
+    state.last_structure = samplers[-1]
+    if row["name"] != c.iterations[-1]["name"]:  # the last iteration trains the final models instead
+        state.model = TrainModel(data=state.train.frames, validation_data=state.validation.frames,
+                                 config=c["model"]["final"])
+    state.picks[row["name"]] = picks
+    state.log.append((row["name"], state.model, samplers, [train_labels, val_labels]))
+
+
+def _final_models(project: zntrack.Project, c: Campaign, state: CampaignState,
+                  no_d3: list[str]) -> tuple[dict[str, TrainModel], dict]:
+    """The last iteration's ``model.final_models`` (seed 1: ML17 on DFT, DFT+D3(8 Å), also with
+    r_max 7.94 Å, and DFT+D3(20 Å)): D3(BJ) two-body added in JAX to the D3-free CP2K labels.
+    Without a D3-free iteration the data are relabelled without D3 first, in "final". Returns
+    the models and the (training, validation) nodes of each label set."""
+    last = state.log[-1][0]
+    with project.group(c.group, last if no_d3 else "final"):
+        if not no_d3:
+            _relabel_without_d3(c, state, _labels(c)["dft"])
+            no_d3.append(state.log[-1][0])
+        data = {None: (state.train, state.validation)}
+        models, sets = {}, {}
+        for label in c["model"]["final_models"]:
+            final = c["model"]["final_variants"][label]
+            cutoff = final.get("d3_cutoff")
+            if cutoff not in data:
+                data[cutoff] = tuple(
+                    RecomputeD3(data=d.frames, mode="add", cutoff=cutoff, name=f"{part}DFT-D3-{cutoff:g}")
+                    for part, d in (("Train", state.train), ("Validation", state.validation)))
+            train, val = data[cutoff]
+            sets[label] = (train, val)
+            models[label] = TrainModel(data=train.frames, validation_data=val.frames, config=c["model"]["final"],
+                                       overrides=final.get("overrides", {}), name=f"Model{label}")
+            # seed 1 Fig. 1 (parity plots) and seed 2 §3.3 (translational/rotational/vibrational forces)
+            PredictionMetrics(data=val.frames, model=models[label], decompose_forces=True, name=f"Metrics{label}")
+    name, _, samplers, labels = state.log[-1]
+    state.model = models["DFT"]  # the report tests the D3-free model on the D3-free test labels
+    state.log[-1] = (name, state.model, samplers, labels)
+    return models, sets
+
+
+def _production(project: zntrack.Project, c: Campaign, models: dict[str, TrainModel]) -> None:
+    """Seed 1 "Production simulations": NVT for RDFs, diffusion and dihedrals; NPT for densities.
+    The boxes are compressed to the experimental density table's value at T when the file names
+    one (read when each stage runs), else to ``production.density``."""
+    q, experimental, group = c["production"], c.get("experimental", {}), c.group
+    model = models[q["model"]]
+    run = dict(timestep=0.5, thermostat=q["thermostat"], compress_steps=q["compress_steps"])
+    target = ({"density_table": experimental["density"]} if "density" in experimental
+              else {"density": q.get("density")})
+    observed = {"experimental": experimental.get("density")}  # Density, DensityComparison
+    with project.group(group, "production"):
+        cation, anion = _ions(c, q["n_conformers"], seed=7)
+
+    packed: dict[int, PackBox] = {}
+    boxes: dict[int, GeometryOptimisation] = {}
+
+    def relaxed_box(pairs: int) -> GeometryOptimisation:
+        if pairs not in boxes:  # NVT and NPT runs of one size share their start structure
+            packed[pairs] = PackBox(data=[cation.frames, anion.frames], count=[pairs, pairs],
+                                    density=c["system"]["packing_density"], n_configurations=1, seed=pairs,
+                                    name=f"Box{pairs}")
+            boxes[pairs] = GeometryOptimisation(model=model, data=packed[pairs].frames, data_id=0,
+                                                max_steps=q["fire_steps"], name=f"Relaxed{pairs}")
+        return boxes[pairs]
+
+    groups = q["diffusion_groups"]
+    diffusion_by_T: dict[float, list] = {T: [] for T in q["temperatures"]}
+    for pairs in q["sizes"]:
+        with project.group(group, "production", f"nvt-{pairs}"):
+            start = relaxed_box(pairs)
+            for T in q["temperatures"]:
+                md = ProductionMD(data=start.frames, model=model, temperature=T, **target,
+                                  equilibration_steps=q["equilibration_steps"], steps=q["steps"],
+                                  sampling_rate=q["rate"], seed=int(T), name=f"NVT{T:.0f}K", **run)
+                if T in q["rdf_temperatures"]:
+                    RDF(data=md, name=f"RDF{T:.0f}K")
+                diffusion_by_T[T].append(Diffusion(
+                    data=md, groups=groups, temperature=T, max_lag_ps=q["max_lag_ps"],
+                    fit_window_ps=q["fit_window_ps"], n_blocks=5, name=f"Diffusion{T:.0f}K"))
+                if "dihedral_windows_ps" in q and pairs == q["sizes"][1] and T == q["temperatures"][-1]:
+                    # seed 1 Fig. 5: the butyl chain of one cation
+                    Dihedrals(data=md, topology=packed[pairs].frames, windows_ps=q["dihedral_windows_ps"], molecule=0,
+                              name="ButylDihedrals")
+    with project.group(group, "production", "diffusion"):
+        extrapolated = [BoxSizeExtrapolation(diffusions=nodes, groups=groups, temperature=T,
+                                             name=f"BoxSize{T:.0f}K") for T, nodes in diffusion_by_T.items()]
+        species = experimental.get("diffusion_species", {}) if "diffusion" in experimental else {}
+        experiment = {g: s for g, s in species.items() if g in groups} or None
+        table = {"table": experimental["diffusion"]} if "diffusion" in experimental else {}
+        ArrheniusPlot(diffusions=extrapolated, groups=groups, experimental=experiment, name="Arrhenius", **table)
+        if q["arrhenius_per_size"]:  # the largest box without the finite-size correction
+            ArrheniusPlot(diffusions=[nodes[-1] for nodes in diffusion_by_T.values()], groups=groups,
+                          experimental=experiment, name=f"Arrhenius{q['sizes'][-1]}Pairs", **table)
+
+    densities, labels = [], []
+    with project.group(group, "production", "npt"):
+        start = relaxed_box(q["npt_pairs"])
+        for label in q["npt_models"]:
+            density_model = q["density_models"][label]
+            d3 = density_model.get("d3", {})
+            tag = label.replace(" ", "").replace("(", "").replace(")", "").replace("+", "-").replace("Å", "A")
+            for T in q["npt_temperatures"]:
+                md = ProductionMD(data=start.frames, model=models[density_model["model"]], d3=d3, temperature=T,
+                                  ensemble="npt", barostat={"pressure": PRESSURE}, **target,
+                                  equilibration_steps=q["npt_equilibration_steps"], steps=q["npt_steps"],
+                                  sampling_rate=q["npt_rate"], seed=int(T), name=f"NPT{tag}{T:.0f}K", **run)
+                densities.append(Density(data=md, temperature=T, name=f"Density{tag}{T:.0f}K", **observed))
+                labels.append(label)
+        DensityComparison(densities=densities, labels=labels, name="Densities", **observed)
+
+
+def _exploration(project: zntrack.Project, c: Campaign, finals: tuple[dict, dict], seed) -> None:
+    """Seed 2 §3.3: how far MD, UDD and ERBS move the ``exploration.group`` centres of mass in
+    100 ps (Berendsen 500 fs, 0.5 fs steps) from the last seed frame; the maximum COM MSD per
+    run (Fig. 6) and the descriptor PCA in one basis (Fig. 7). The model: a shallow ensemble
+    (``exploration.model``) trained with NLL on ``n_train`` random structures of the production
+    model's training set, validated on its validation set. A bond-graph check stops runs that
+    break molecules."""
+    q = c["exploration"]
+    _, sets = finals
+    train, val = sets[c["production"]["model"]]
+    runs = exploration_runs(q.get("udd_heights", []), q.get("udd_widths", []), q.get("erbs_barriers", []),
+                            q.get("erbs_bandwidths", []), q.get("erbs_components", []), interval=q["erbs_interval"])
+    common = {"ensemble": "nvt", "thermostat": "berendsen", "thermostat_params": {"tau": 500.0},
+              "temperature": 300.0, "timestep": 0.5, "steps": q["steps"], "sampling_rate": q["rate"],
+              "checks": [{"kind": "bond_graph"}], "on_trigger": "stop"}
+    with project.group(c.group, "exploration"):
+        subset = RandomSelection(data=train.frames, n_configurations=q["n_train"], seed=0, name="TrainSubset")
+        model = TrainModel(data=subset.frames, validation_data=val.frames, config=q["model"],
+                           overrides=q.get("overrides", {}), name="Model")
+        nodes = [MDSampling(data=seed.frames, model=model, data_id=-1, seed=0, name=name, **common, **options)
+                 for name, options in runs.items()]
+        ExplorationMetrics(data=nodes, names=list(runs), group=q["group"], descriptor_stride=10, name="Metrics")
