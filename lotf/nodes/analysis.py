@@ -397,6 +397,12 @@ class Density(zntrack.Node):
 
     def run(self) -> None:
         source = resolve_source(self.data)
+        n_frames = _frame_count(source)
+        if n_frames < 2:  # the run stopped at once (a broken molecule): no density to report
+            _stopped_run_placeholder(self, n_frames, self.figure)
+            self.density = pd.DataFrame({"frame": [], "time_ps": [], "density_g_cm3": []}).set_index("frame")
+            self.metrics = {"density_g_cm3": np.nan, "temperature_K": self.temperature, "n_frames": n_frames}
+            return
         series = density_lib.density_series(
             source, self.start, self.stop, self.stride, self.timestep_fs, progress=True
         )
@@ -554,6 +560,12 @@ class Dihedrals(zntrack.Node):
             else [(1000.0 * a, 1000.0 * b) for a, b in self.windows_ps]
         )
         source = resolve_source(self.data)
+        n_frames = _frame_count(source)
+        if n_frames < 2:
+            _stopped_run_placeholder(self, n_frames, self.figure)
+            pd.DataFrame({"angle_deg": []}).to_csv(self.hist_file, index=False)
+            self.metrics = {"n_frames": n_frames}
+            return
         quads = None
         if self.topology is not None:
             reference = read_frame(resolve_source(self.topology), 0)

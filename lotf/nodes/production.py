@@ -6,6 +6,15 @@ target ``density`` (seed 1: the experimental density at T over 5 ps), equilibrat
 ``equilibration_steps`` in NVT (5 ps before NVT production, 200 ps before NPT), and then run for
 ``steps`` in ``ensemble``. Only the production frames are stored.
 
+A production run of a potential that breaks molecules yields no observables: diffusion
+coefficients of atoms hopping between fragments are not diffusion. Like the NaN check, a
+bond-graph check is always on in the production of a molecular system (more than one molecule
+in the start structure's bond graph; the run stops at the first changed bond),
+and a box whose molecules already changed during compression or equilibration (molecule kinds
+differ from the start structure's) gets no production run at all. Both are recorded in the
+metrics (``stop_reason``, ``molecules_intact``), and the analysis nodes report NaN for a run
+left with fewer than two frames.
+
 Long runs survive being killed: the run works in a scratch folder outside DVC's outputs (DVC
 deletes a stage's outputs before it runs it again), keyed by everything that determines the
 trajectory (:mod:`lotf.nodes.scratch`). Every phase checkpoints there and the prepared start
@@ -91,6 +100,29 @@ def trajectory_averages(path) -> dict:
     return out
 
 
+def is_molecular(atoms: ase.Atoms) -> bool:
+    """More than one molecule in the covalent bond graph (a liquid, not a metal or a network solid,
+    whose single 'molecule' changes its bond count with every vibration)."""
+    from lotf.selection.screening import molecule_kinds
+
+    return len(molecule_kinds(atoms)) > 1
+
+
+def changed_molecules(before: ase.Atoms, after: ase.Atoms) -> str:
+    """'' when both structures hold the same molecules (Hill formula and bond count of every
+    molecule of the covalent bond graph), else a short description of what changed."""
+    from collections import Counter
+
+    from lotf.selection.screening import molecule_kinds
+
+    old, new = Counter(molecule_kinds(before)), Counter(molecule_kinds(after))
+    if old == new:
+        return ""
+    gone = ", ".join(f"{n} x {f} ({b} bonds)" for (f, b), n in sorted((old - new).items())[:2])
+    came = ", ".join(f"{n} x {f} ({b} bonds)" for (f, b), n in sorted((new - old).items())[:2])
+    return f"lost {gone or 'nothing'}; new {came or 'nothing'}"
+
+
 class ProductionMD(zntrack.Node):
     """Compress (optional) -> NVT equilibration -> production; frames every ``sampling_rate`` steps.
 
@@ -108,7 +140,7 @@ class ProductionMD(zntrack.Node):
             the table's density at ``temperature``, read when the stage runs, so a changed table
             puts the run out of date.
         equilibration_steps: NVT steps before production. steps: production steps.
-        checks: stop criteria of the production run (a NaN check is always on).
+        checks: stop criteria of the production run (a NaN and a bond-graph check are always on).
         seed: node seed; each phase runs with its own seed derived from it (:func:`phase_seed`).
     """
 
@@ -208,13 +240,24 @@ class ProductionMD(zntrack.Node):
         rho_start = float(mass_density(atoms.get_masses(), atoms.cell.array)) if atoms.pbc.all() else None
 
         trajectory = scratch / "frames.h5"
+        molecular = is_molecular(start)
+        changed = changed_molecules(start, atoms) if molecular else ""
+        if changed:  # no production from a box the potential already broke
+            finish(scratch, scratch / "none.h5", self.frames_path)
+            self.metrics = {"steps": self.steps, "steps_done": 0, "stopped": 1, "molecules_intact": 0,
+                            "stop_reason": f"molecules changed before production: {changed}", "frames": 0,
+                            "density_start_production_g_cm3": rho_start}
+            return
+        checks = [checks_mod.from_dict(c) for c in self.checks]
+        if molecular and not any(isinstance(c, checks_mod.BondGraphCheck) for c in checks):
+            checks.append(checks_mod.BondGraphCheck())
         _, summary = phase("production", atoms, self.steps, self.ensemble, sampling_rate=self.sampling_rate,
-                           checks=[checks_mod.from_dict(c) for c in self.checks], trajectory=trajectory,
-                           checkpoint=scratch / "checkpoint.npz")
+                           checks=checks, trajectory=trajectory, checkpoint=scratch / "checkpoint.npz")
         finish(scratch, trajectory, self.frames_path)
         self.metrics = {
             "steps": summary.steps, "steps_done": summary.steps_done, "stopped": int(summary.stopped),
             "stop_reason": summary.stop_reason or "none", "frames": summary.frames_written,
+            "molecules_intact": int(summary.stop_reason != "bond_graph"),
             "ms_per_step": summary.ms_per_step, "density_start_production_g_cm3": rho_start,
             **self._averages(),
         }

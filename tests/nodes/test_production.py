@@ -128,3 +128,85 @@ def test_every_phase_runs_with_its_own_seed(workdir, model, monkeypatch):
     assert not set(used) & {phase_seed(4, p) for p in ("compress", "equilibrate", "production")}
     with pytest.raises(ValueError, match="unknown ProductionMD phase"):
         phase_seed(3, "cooling")
+
+
+class PairedBonds:
+    """H2-like molecules (atoms 2k, 2k+1) held by harmonic bonds of stiffness ``k`` eV/Å² at 0.6 Å
+    (k = 0: the atoms fly apart); no intermolecular forces. A minimal ASE calculator for the
+    molecule checks. (Real H2, 0.74 Å, sits at 1.19 x the H-H covalent radii sum: half its
+    vibrations would read as broken at the 1.2 x bond criterion.)"""
+
+    def __init__(self, k: float):
+        from ase.calculators.calculator import Calculator, all_changes
+
+        stiffness = k
+
+        class _Calc(Calculator):
+            implemented_properties = ["energy", "forces"]
+
+            def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+                super().calculate(atoms, properties, system_changes)
+                pos = self.atoms.positions
+                vec = pos[1::2] - pos[0::2]
+                r = np.linalg.norm(vec, axis=1)
+                forces = np.zeros_like(pos)
+                pull = (stiffness * (r - 0.6) / r)[:, None] * vec
+                forces[0::2], forces[1::2] = pull, -pull
+                self.results = {"energy": float(0.5 * stiffness * np.sum((r - 0.6) ** 2)), "forces": forces}
+
+        self.calc = _Calc()
+
+    def get_calculator(self):
+        return self.calc
+
+
+def hydrogen_box(n=8, length=10.0, seed=0):
+    import ase
+
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(1.0, length - 1.0, (n, 3))
+    positions = np.concatenate([centres, centres + [0.6, 0.0, 0.0]], axis=1).reshape(-1, 3)
+    return ase.Atoms("H" * (2 * n), positions=positions, cell=[length] * 3, pbc=True)
+
+
+def test_production_of_a_molecular_system_stops_when_a_molecule_breaks(workdir):
+    from lotf.nodes.production import changed_molecules, is_molecular
+
+    box = hydrogen_box()
+    assert is_molecular(box) and not is_molecular(emt_frames(1)[0])  # a metal is one "molecule"
+    common = dict(data=[box], temperature=500.0, timestep=0.5, density=None, compress_steps=0, steps=200,
+                  sampling_rate=5, seed=1, thermostat="langevin")
+    intact = ProductionMD(name="intact", model=PairedBonds(100.0), equilibration_steps=0, **common)
+    intact.run()
+    assert intact.metrics["stop_reason"] == "none" and intact.metrics["molecules_intact"] == 1
+    assert len(intact.frames) == 40 and changed_molecules(box, intact.frames[-1]) == ""
+
+    broken = ProductionMD(name="broken", model=PairedBonds(0.0), equilibration_steps=0, **common)
+    broken.run()  # free atoms at 500 K pass 1.5 x the H-H covalent radii sum (0.93 Å) within ~20 fs
+    assert broken.metrics["stop_reason"] == "bond_graph" and broken.metrics["molecules_intact"] == 0
+    assert 0 < broken.metrics["steps_done"] < 200 and len(broken.frames) < 40
+
+    early = ProductionMD(name="early", model=PairedBonds(0.0), equilibration_steps=100, **common)
+    early.run()  # broken during the equilibration: no production at all
+    assert early.metrics["molecules_intact"] == 0 and early.metrics["frames"] == 0
+    assert early.metrics["stop_reason"].startswith("molecules changed before production: lost 8 x H2")
+    assert early.frames == []
+
+
+def test_analysis_of_a_run_without_frames_reports_nan(workdir):
+    import h5py
+
+    from lotf.nodes.analysis import Density, Dihedrals, Diffusion
+
+    empty = workdir / "empty.h5"
+    h5py.File(empty, "w").close()  # what a production run that never started leaves
+    run = types.SimpleNamespace(frames_path=empty, name="production")
+    density = Density(data=run, temperature=300.0, experimental=None, name="density")
+    density.run()
+    assert np.isnan(density.metrics["density_g_cm3"]) and density.metrics["n_frames"] == 0
+    dihedrals = Dihedrals(data=run, name="dihedrals")
+    dihedrals.run()
+    assert dihedrals.metrics == {"n_frames": 0}
+    diffusion = Diffusion(data=run, groups=["H"], name="diffusion")
+    diffusion.run()
+    assert np.isnan(diffusion.metrics["H"]["D_A2_per_ns"])
