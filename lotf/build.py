@@ -84,28 +84,34 @@ def check_target(root: str | Path, campaigns: list[str] | None, profile: str, fo
                            "replace it: use --out DIR to build elsewhere, or --force")
 
 
+def plan(campaigns: list[str] | None, profile: str, root: Path) -> list[tuple]:
+    """Read and check every campaign (names or campaign files; all built-in ones when empty) at
+    ``profile`` with the templates of ``root/stages`` and the input files of ``root``: unknown
+    names, profiles, keys and values fail in one line. Returns (name, build function, argument)."""
+    from lotf.campaign import check_campaign, load_campaign
+
+    plans = []
+    for entry in list(campaigns) if campaigns else list(BUILT_IN):
+        source = campaign_source(str(entry), root)
+        if isinstance(source, Path):
+            campaign = load_campaign(source, profile)
+            template = _stages_module(campaign.template, root)
+            check_campaign(campaign, root)
+            template.check(campaign)
+            plans.append((campaign.name, template.build, campaign))
+        else:
+            source.check_profile(source.NAME, profile, source.PROFILES)
+            plans.append((source.NAME, source.build, profile))
+    return plans
+
+
 def build(campaigns: list[str] | None, profile: str, root: str | Path = ".") -> list[str]:
     """Build the ZnTrack graph of ``campaigns`` (names or campaign files; all built-in ones when
     empty) at ``profile`` in the current directory, with the templates of ``root/stages``.
     Every campaign is read and checked before any node is made. Returns the campaign names."""
     import zntrack
 
-    from lotf.campaign import check_campaign, load_campaign
-
-    root = Path(root).resolve()
-    entries = list(campaigns) if campaigns else list(BUILT_IN)
-    plans = []  # (name, build function, its argument)
-    for entry in entries:  # unknown names, profiles and keys fail before any write
-        source = campaign_source(str(entry), root)
-        if isinstance(source, Path):
-            campaign = load_campaign(source, profile)
-            template = _stages_module(campaign.template, root)
-            check_campaign(campaign)
-            template.check(campaign)
-            plans.append((campaign.name, template.build, campaign))
-        else:
-            source.check_profile(source.NAME, profile, source.PROFILES)
-            plans.append((source.NAME, source.build, profile))
+    plans = plan(campaigns, profile, Path(root).resolve())
     project = zntrack.Project()
     for _, build_campaign, argument in plans:
         build_campaign(project, argument)
@@ -159,11 +165,7 @@ def build_into(out: str | Path, campaigns: list[str] | None, profile: str, sourc
     if out == source:
         raise BuildRefused(f"--out {out} is the source project itself")
     entries = [str(e) for e in campaigns] if campaigns else list(BUILT_IN)
-    for entry in entries:  # unknown names fail before anything is written
-        if not is_config(entry):
-            campaign_source(entry, source)
-        elif not Path(entry).is_file():
-            raise FileNotFoundError(f"{entry}: campaign file not found")
+    plan(entries, profile, source)  # every problem, named as given, before anything is written
     missing = [name for name in COPIED[:3] if not (source / name).is_dir()]
     if missing:
         raise FileNotFoundError(f"{source}: no {', '.join(missing)} folder to copy (run lotf build in the project)")

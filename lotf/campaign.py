@@ -291,16 +291,16 @@ def _check(value: Any, node: dict, root: dict, where: str, path: list[str]) -> N
     if isinstance(value, dict):
         properties = node.get("properties", {})
         extra = node.get("additionalProperties", True)
-        for key in node.get("required", []):
-            if key not in value:
-                _fail(where, path, f"missing key '{key}'")
-        for key, item in value.items():
+        for key, item in value.items():  # unknown keys first: a typo explains a missing key
             if key in properties:
                 _check(item, properties[key], root, where, [*path, str(key)])
             elif extra is False:
                 _fail(where, path, f"unknown key '{key}' (known: {', '.join(properties)})")
             elif isinstance(extra, dict):
                 _check(item, extra, root, where, [*path, str(key)])
+        for key in node.get("required", []):
+            if key not in value:
+                _fail(where, path, f"missing key '{key}'")
     if isinstance(value, list) and "items" in node:
         for k, item in enumerate(value):
             label = str(item["name"]) if isinstance(item, dict) and isinstance(item.get("name"), str) else str(k)

@@ -409,7 +409,7 @@ def _production(project: zntrack.Project, c: Campaign, models: dict[str, TrainMo
                                              name=f"BoxSize{T:.0f}K") for T, nodes in diffusion_by_T.items()]
         species = experimental.get("diffusion_species", {}) if "diffusion" in experimental else {}
         experiment = {g: s for g, s in species.items() if g in groups} or None
-        table = {"table": experimental["diffusion"]} if "diffusion" in experimental else {}
+        table = {"table": experimental.get("diffusion")}  # None: no experimental dependency
         ArrheniusPlot(diffusions=extrapolated, groups=groups, experimental=experiment, name="Arrhenius", **table)
         if q["arrhenius_per_size"]:  # the largest box without the finite-size correction
             ArrheniusPlot(diffusions=[nodes[-1] for nodes in diffusion_by_T.values()], groups=groups,

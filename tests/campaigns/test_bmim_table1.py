@@ -170,12 +170,18 @@ def test_candidates_are_screened_for_contacts_and_intact_molecules(graph):
             assert "nodes/bmim-bf4/classical/GromacsSeed/frames.h5" in stages[name]["deps"], name
 
 
-def test_smoke_profile_runs_every_kind_of_row():
-    from stages import bmim_bf4
+def smoke_campaign():
+    from lotf.campaign import load_campaign
 
-    rows = bmim_bf4.PROFILES["smoke"]["rows"]
+    return load_campaign(REPO / "campaigns" / "bmim_bf4.yaml", "smoke")
+
+
+def test_smoke_profile_runs_every_kind_of_row():
+    from stages import ionic_liquid
+
+    rows = smoke_campaign().iterations
     kinds = {row.get("kind", "sampling") for row in rows}
-    assert kinds == set(bmim_bf4.KINDS)
+    assert kinds == set(ionic_liquid.KINDS)
     sampling = [row["sampling"] for row in rows if "sampling" in row]
     sampling += [s["sampling"] for row in rows for s in row.get("options", {}).get("samplers", [])]
     modifier_kinds = {m["kind"] for s in sampling for m in s.get("modifiers", [])}
@@ -185,36 +191,36 @@ def test_smoke_profile_runs_every_kind_of_row():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"start": "volume-scan"}, "bmim_bf4 iteration ML13: unknown start 'volume-scan' (known: seed, previous"),
-    ({"kind": "scan"}, "bmim_bf4 iteration ML13: unknown kind 'scan'"),
-    ({"reference": "dft-d4"}, "bmim_bf4 iteration ML13: unknown reference 'dft-d4'"),
-    ({"options": {"boxes": 5, "point": 100}}, "bmim_bf4 iteration ML13: unknown option 'point'"),
+    ({"start": "volume-scan"}, "bmim_bf4.yaml: iterations ML13: unknown start 'volume-scan' (known: seed, previous"),
+    ({"kind": "scan"}, "bmim_bf4.yaml: iterations ML13: unknown kind 'scan'"),
+    ({"reference": "dft-d4"}, "bmim_bf4.yaml: iterations ML13: unknown reference 'dft-d4'"),
 ])
-def test_unknown_row_values_fail_at_build_time(monkeypatch, change, message):
-    from stages import bmim_bf4
+def test_unknown_row_values_fail_at_build_time(change, message):
+    from stages import ionic_liquid
     from stages.common import BuildError
 
-    profile = copy.deepcopy(bmim_bf4.PROFILES["smoke"])
-    row = next(r for r in profile["rows"] if r["name"] == "ML13")
-    row.update(change)
-    monkeypatch.setitem(bmim_bf4.PROFILES, "smoke", profile)
+    campaign = smoke_campaign()
+    rows = copy.deepcopy(campaign.iterations)
+    next(r for r in rows if r["name"] == "ML13").update(change)
+    campaign.sections["iterations"] = rows
     with pytest.raises(BuildError) as error:
-        bmim_bf4.build(None, "smoke")  # fails before any node is made
+        ionic_liquid.build(None, campaign)  # fails before any node is made
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_unknown_start_of_a_sampler_and_of_a_water_row_fail():
-    from stages import water
-    from stages.bmim_bf4 import check_rows, iterations
+    from lotf.campaign import load_campaign
+    from stages import ionic_liquid, liquid_water
     from stages.common import BuildError, check_row
 
-    rows = iterations(steps=10, npt_steps=10, long_steps=10, rate=10)
+    campaign = load_campaign(REPO / "campaigns" / "bmim_bf4.yaml", "paper")
+    rows = copy.deepcopy(campaign.iterations)
     rows[-1]["options"]["samplers"][1]["start"] = "geoopt"
-    with pytest.raises(BuildError, match="bmim_bf4 iteration ML17 sampler 1: unknown start 'geoopt'"):
-        check_rows(rows)
-    row = water.iterations("md", 1, 10, 10, 1, 1, 1000.0)[0]
+    with pytest.raises(BuildError, match="bmim_bf4.yaml: iterations ML17 sampler 1: unknown start 'geoopt'"):
+        ionic_liquid.check_rows(campaign, rows)
+    row = load_campaign(REPO / "campaigns" / "water.yaml", "paper").iterations[0]
     with pytest.raises(BuildError, match="water iteration AL1: unknown start 'box'"):
-        check_row("water", {**row, "start": "box"}, starts=water.STARTS)
+        check_row("water", {**row, "start": "box"}, starts=liquid_water.STARTS)
 
 
 def test_water_iterations_start_from_the_bootstrap_structure():
