@@ -95,6 +95,10 @@ def plan(campaigns: list[str] | None, profile: str, root: Path) -> list[tuple]:
         source = campaign_source(str(entry), root)
         if isinstance(source, Path):
             campaign = load_campaign(source, profile)
+            if not (root / "stages" / f"{campaign.template}.py").is_file():
+                raise FileNotFoundError(f"{source}: template '{campaign.template}' not found: no "
+                                        f"{root / 'stages' / campaign.template}.py (lotf init DIR --config FILE "
+                                        "makes a project with the templates)")
             template = _stages_module(campaign.template, root)
             check_campaign(campaign, root)
             template.check(campaign)

@@ -54,7 +54,9 @@ def workflow_rows(c: Campaign) -> dict[str, list[dict]]:
 def check(c: Campaign) -> dict[str, list[dict]]:
     """Everything a build needs from the file, checked before any node is made; returns the rows."""
     c.require("system", "molecule", "molecules", "density", "temperature")
-    c.require("seed", "n_configurations", "n_train", "n_validation", "n_maxdist")
+    seed = c.require("seed", "n_configurations", "n_train", "n_validation", "n_maxdist")
+    if seed.get("kind", "bootstrap") != "bootstrap":
+        raise BuildError(f"{c.where('seed')}: unknown kind '{seed['kind']}' (known: bootstrap)")
     c.require("model", "initial")
     c.require("workflows")
     reference = c["reference"]

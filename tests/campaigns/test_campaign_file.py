@@ -153,6 +153,13 @@ def test_the_schema_ships_with_the_package_and_every_key_is_documented():
     assert {k[len("section_"):] for k in sections} <= set(schema["properties"])
 
 
+def test_the_schema_rows_have_exactly_the_row_keys_of_stages_common():
+    from stages.common import ROW_KEYS
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    assert set(schema["$defs"]["row"]["properties"]) == ROW_KEYS
+
+
 def test_the_campaign_files_hold_the_bmim_specifics():
     campaign = load_campaign(SHIPPED[0])
     assert campaign.group == "bmim-bf4" and campaign.template == "ionic_liquid"
