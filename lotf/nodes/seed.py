@@ -210,3 +210,58 @@ class VolumeScan(_FramesNode):
         for atoms in _pick(self.data, self.data_ids, "VolumeScan.data_ids"):
             frames += structures.volume_scan(atoms, list(targets))
         self._write(frames)
+
+
+class XTBSeed(_FramesNode):
+    """Semi-empirical seed for any molecule: GFN-xTB MD (tblite, in process), no topology needed.
+
+    Signature (parameters, all ZnTrack params)::
+
+        XTBSeed(smiles: list[str], count: list[int], density: float, temperature: float,
+                n_steps: int, timestep: float = 0.5, interval: int = 10, seed: int = 42,
+                method: str = "GFN1-xTB")
+
+    `count[k]` molecules of `smiles[k]` packed by Packmol at `density` (g/cm^3), FIRE-relaxed with
+    xTB, Maxwell-Boltzmann velocities and `n_steps` Langevin NVT steps of `timestep` fs at
+    `temperature` (K); one frame every `interval` steps with xTB energy (eV), forces (eV/Å) and
+    stress (eV/Å³). `method`: GFN1-xTB, GFN2-xTB or IPEA1-xTB. Total charge: the sum of the
+    formal charges. Outputs `frames` (H5MD) and metrics n_frames, temperature_mean (K), wall_s,
+    s_per_step. A killed run resumes from `checkpoint.traj` in the node directory (deleted when done).
+    See :func:`lotf.reference.xtb.xtb_seed`.
+    """
+
+    smiles: list = zntrack.params()
+    count: list = zntrack.params()
+    density: float = zntrack.params()
+    temperature: float = zntrack.params()
+    n_steps: int = zntrack.params()
+    timestep: float = zntrack.params(0.5)
+    interval: int = zntrack.params(10)
+    seed: int = zntrack.params(42)
+    method: str = zntrack.params("GFN1-xTB")
+
+    metrics: dict = zntrack.metrics()
+
+    def run(self) -> None:
+        import logging
+
+        from lotf.reference import xtb
+
+        if not logging.getLogger().handlers:  # a `zntrack run` process: show the progress lines
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        checkpoint = pathlib.Path(self.nwd) / "checkpoint.traj"
+        start = time.perf_counter()
+        frames = xtb.xtb_seed(
+            list(self.smiles), list(self.count), self.density, self.temperature, self.n_steps, self.timestep,
+            self.interval, self.seed, self.method, checkpoint=checkpoint,
+        )
+        wall = time.perf_counter() - start
+        self._write(frames)
+        checkpoint.unlink(missing_ok=True)
+        checkpoint.with_suffix(".json").unlink(missing_ok=True)
+        self.metrics = {
+            "n_frames": len(frames),
+            "wall_s": wall,
+            "s_per_step": wall / self.n_steps,
+            "temperature_mean": float(np.mean([a.info["temperature"] for a in frames])) if frames else float("nan"),
+        }
