@@ -40,8 +40,9 @@ def _stages_module(name: str, root: Path):
 def known_campaigns(root: Path) -> list[str]:
     """Campaign files of ``root/campaigns`` and the Python campaigns of ``root/stages``."""
     files = sorted(path.stem for path in (root / "campaigns").glob("*.yaml"))
-    modules = [path.stem for path in sorted((root / "stages").glob("*.py"))
-               if path.stem not in files and "PROFILES =" in path.read_text()]
+    modules = [path.stem for path in sorted((root / "stages").glob("*.py"))  # NAME, PROFILES and build
+               if path.stem not in files and all(mark in path.read_text() for mark in
+                                                  ("\nNAME = ", "\nPROFILES = ", "\ndef build("))]
     return [*files, *modules]
 
 

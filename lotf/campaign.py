@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_FILE = Path(__file__).with_name("campaign.schema.json")
-TEMPLATES = ("ionic_liquid", "liquid_water")  # builders in stages/ (stages/<template>.py)
 
 
 class CampaignError(ValueError):

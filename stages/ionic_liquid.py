@@ -24,7 +24,7 @@ from __future__ import annotations
 import zntrack
 
 from lotf.campaign import Campaign
-from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
+from lotf.nodes import MaxDistSelection, RandomSelection, TrainModel
 from lotf.nodes.analysis import (RDF, ArrheniusPlot, BoxSizeExtrapolation, Density, DensityComparison, Diffusion,
                                  Dihedrals, ExplorationMetrics, PredictionMetrics)
 from lotf.nodes.d3 import RecomputeD3
