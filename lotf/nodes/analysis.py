@@ -178,7 +178,8 @@ class Diffusion(zntrack.Node):
             _stopped_run_placeholder(self, n_frames, self.figure)
             pd.DataFrame({"lag_ps": []}).to_csv(self.msd_file, index=False)
             nan = {"D_A2_per_ns": np.nan, "D_sem_A2_per_ns": np.nan, "D_yeh_hummer_A2_per_ns": np.nan}
-            self.metrics = {**{g: dict(nan) for g in (self.groups or [])}, "n_frames": n_frames}
+            self.metrics = {**{g: dict(nan) for g in (self.groups or [])}, "n_frames": n_frames,
+                            "box_length_A": None, "temperature_K": self.temperature}
             return
         first = read_frame(source, self.start)
         groups = self.groups or default_groups(first)
@@ -268,16 +269,25 @@ class BoxSizeExtrapolation(zntrack.Node):
             if len(temps) != 1 or None in temps:
                 raise ValueError(f"BoxSizeExtrapolation: set 'temperature' (the runs have {sorted(map(str, temps))})")
             temperature = temps.pop()
-        L = [node.metrics["box_length_A"] for node in self.diffusions]
+        sizes = [node.metrics.get("box_length_A") for node in self.diffusions]
         self.figures.mkdir(parents=True, exist_ok=True)
-        metrics: dict = {"temperature_K": temperature, "box_lengths_A": L}
+        metrics: dict = {"temperature_K": temperature, "box_lengths_A": sizes}
         for group in self.groups:
-            D, err = [], []
-            for node in self.diffusions:
+            L, D, err = [], [], []
+            for node, length in zip(self.diffusions, sizes):
                 if group not in node.metrics:
                     raise ValueError(f"group '{group}' not in the metrics of {node.name}")
-                D.append(node.metrics[group]["D_A2_per_ns"])
+                value = node.metrics[group]["D_A2_per_ns"]
+                if length is None or not np.isfinite(value):  # a run that stopped or broke: no D
+                    continue
+                L.append(length)
+                D.append(value)
                 err.append(node.metrics[group]["D_sem_A2_per_ns"])
+            if len(L) < 2:
+                log.warning("%s: %s: %d box size(s) with a diffusion coefficient; no extrapolation",
+                            self.name, group, len(L))
+                metrics[group] = {"D_A2_per_ns": float("nan"), "D_sem_A2_per_ns": float("nan"), "D_finite_A2_per_ns": D}
+                continue
             use_err = all(np.isfinite(e) and e > 0 for e in err)
             fit = diffusion_lib.extrapolate_box_size(L, D, err if use_err else None, temperature)
             # a line through noisy or broken runs can cross zero: an infinite-box D <= 0 is not a

@@ -131,6 +131,17 @@ def test_box_size_and_arrhenius_nodes(workdir):
                                                     fake("c", 25.0, 353.0, 10.0)], groups=["B"], name="broken")
     broken.run()
     assert np.isnan(broken.metrics["B"]["D_A2_per_ns"]) and broken.metrics["B"]["D_intercept_A2_per_ns"] < 0
+    # a run that broke or never started (Diffusion's placeholder: NaN, no box length) is left out
+    stopped = types.SimpleNamespace(name="stopped", metrics={"box_length_A": None, "temperature_K": 353.0,
+                                                             "B": {"D_A2_per_ns": np.nan, "D_sem_A2_per_ns": np.nan}})
+    two = nodes.BoxSizeExtrapolation(diffusions=[fake("a", 16.0, 353.0, 80.0), stopped, fake("c", 25.0, 353.0, 87.2)],
+                                     groups=["B"], name="two")
+    two.run()
+    _, intercept_two = np.polyfit(1.0 / np.array([16.0, 25.0]), [80.0, 87.2], 1)
+    assert two.metrics["B"]["D_A2_per_ns"] == pytest.approx(intercept_two, rel=1e-9)
+    one = nodes.BoxSizeExtrapolation(diffusions=[fake("a", 16.0, 353.0, 80.0), stopped], groups=["B"], name="one")
+    one.run()
+    assert np.isnan(one.metrics["B"]["D_A2_per_ns"]) and one.metrics["B"]["D_finite_A2_per_ns"] == [80.0]
     with pytest.raises(ValueError, match="at least 2 box sizes"):
         nodes.BoxSizeExtrapolation(diffusions=[fake("a", 16.0, 353.0, 80.0)], groups=["B"]).run()
     arr = nodes.ArrheniusPlot(
