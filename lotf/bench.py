@@ -188,7 +188,7 @@ def warmstart_benchmark(epochs: int = 100, n_train: int = 60, seed: int = 0) -> 
         out.update(first_val_loss_on_grown_val=None, target_val_loss=target,
                    epochs_to_match_scratch=next(r["epoch"] for r in scratch.history if r["val_loss"] <= target),
                    scratch_val_forces_mae=scratch.metrics["val_forces_mae"], epochs_to_match_warm=None)
-        for fraction in (0.1, 0.2, 0.3, 0.5, 1.0):
+        for fraction in (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0):
             budget = max(1, round(fraction * epochs))
             warm = train(old + new, val, model, TrainConfig(**{**config.to_dict(), "warm_start_epochs": budget}),
                          f"{tmp}/warm{budget}", init_from=first.model_dir)
