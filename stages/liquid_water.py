@@ -156,8 +156,8 @@ def _truth(project: zntrack.Project, c: Campaign, box, label) -> dict:
 
 
 def _oracle_production(project: zntrack.Project, c: Campaign, truth: dict, models: dict) -> None:
-    """Every iteration's model (``first_and_last_only``: the bootstrap and final models) in NVT at
-    300 K from the truth run's last frame (same system and size as the reference run), D per
+    """Every iteration's model (``first_and_last_only``: the bootstrap and final models;
+    ``last_only``: the final models) in NVT at 300 K from the truth run's last frame (same system and size as the reference run), D per
     iteration against the reference's D, and every model's MD side by side with the reference
     (D, O-O RDF, temperature, time before a molecule breaks)."""
     q, group, temperature = c["production"], c.group, c["system"]["temperature"]
@@ -167,10 +167,13 @@ def _oracle_production(project: zntrack.Project, c: Campaign, truth: dict, model
     done: dict[str, tuple] = {}
     series, steps, trend_nodes = [], [], []
     for bias, entries in models.items():
-        if q.get("first_and_last_only"):  # the bootstrap model and the final one of each workflow
+        shared = entries[0][0]  # the bootstrap model starts every workflow: one run for all
+        if q.get("last_only"):  # the final model of each workflow
+            entries = [entries[-1]]
+        elif q.get("first_and_last_only"):  # the bootstrap model and the final one of each workflow
             entries = [entries[0], entries[-1]]
         for name, model in entries:
-            key = name if name == entries[0][0] else f"{bias}-{name}"
+            key = name if name == shared else f"{bias}-{name}"
             if key not in done:
                 where = (group, "production", name) if key == name else (group, "production", bias, name)
                 with project.group(*where):

@@ -93,8 +93,8 @@ def test_unknown_keys_and_values_fail_in_one_line(tmp_path, old, new, message):
 
 
 def test_unknown_profile_and_template_checks_name_the_file(tmp_path):
-    assert error_of(SHIPPED[1], "huge") == "unknown profile 'huge' (known: paper, smoke, oracle)"
-    assert profiles(SHIPPED[1]) == ["paper", "smoke", "oracle"]
+    assert error_of(SHIPPED[1], "huge") == "unknown profile 'huge' (known: paper, smoke, oracle, validation)"
+    assert profiles(SHIPPED[1]) == ["paper", "smoke", "oracle", "validation"]
     from stages import ionic_liquid
     from stages.common import BuildError
 
