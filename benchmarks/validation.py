@@ -6,6 +6,13 @@ workflows; every model's MD) and prints one JSON object: the final models' D ove
 reference's D, the O-O RDF deviation of the better final model, its mean temperature and stable
 time, the test force MAE (reference-labelled frames from the reference's own MD) of the first
 and the last model, and the wall time.
+
+With ``--bmim`` (``validation_benchmark(bmim=True)``) it also builds and runs the `oracle` profile
+of the BMIM-BF4 campaign (every Table 1 row at reduced scale, labelled by the CL&P force field)
+in a second project and adds its numbers (:func:`bmim_summary`): the final model's NPT density at
+300 K against the reference's (target: within 5 %), its NVT at 353 K without the uncertainty stop
+(picoseconds before a molecule breaks, target at least 20 ps; D and T against the reference's
+NVT), and the test force MAE of every iteration.
 """
 
 from __future__ import annotations
@@ -44,19 +51,74 @@ def water_summary(directory: Path) -> dict:
     return out
 
 
-def validation_benchmark(directory: str | None = None) -> dict:
+BMIM_DENSITY_TARGET = 0.05  # |relative error| of the final model's NPT density against the reference's
+BMIM_STABLE_TARGET_PS = 20.0  # NVT at 353 K without the uncertainty stop before a molecule breaks
+
+
+def bmim_summary(directory: Path) -> dict:
+    """The BMIM-BF4 oracle's numbers from a finished project (``oracle`` profile of bmim_bf4)."""
+    nodes = Path(directory) / "nodes" / "bmim-bf4"
+
+    def metrics(*parts: str) -> dict:
+        return json.loads((nodes.joinpath(*parts) / "metrics.json").read_text())
+
+    density = metrics("production", "DensityComparison")
+    comparison = metrics("production", "Comparison")
+    (name, final), = comparison["models"].items()  # the production model (DFT)
+    rho = density["models"][name]
+    table = pd.read_csv(nodes / "report" / "CampaignReport" / "report" / "iterations.csv")
+    out = {
+        "bmim_model": name,
+        "bmim_density_g_cm3": rho["density_g_cm3"],
+        "bmim_reference_density_g_cm3": density["reference"]["density_g_cm3"],
+        "bmim_density_rel_err": rho["density_rel_err"],
+        "bmim_stable_ps": final["stable_ps"],
+        "bmim_stop_reason": final["stop_reason"],
+        "bmim_T_mean_K": final["T_mean_K"],
+        "bmim_npt_T_mean_K": metrics("production", "NPT300K").get("temperature_mean_K"),
+        "bmim_reference_T_mean_K": comparison["reference"]["T_mean_K"],
+        "bmim_D_ratio": final["D_ratio"],
+        "bmim_rdf_max_abs_dev": final.get("rdf_max_abs_dev"),
+        "bmim_test_forces_mae": dict(zip(table["iteration"], table["test_forces_mae"].astype(float))),
+        "bmim_test_energy_mae": dict(zip(table["iteration"], table["test_energy_mae"].astype(float))),
+        "bmim_test_forces_mae_first": float(table["test_forces_mae"].iloc[0]),
+        "bmim_test_forces_mae_last": float(table["test_forces_mae"].iloc[-1]),
+    }
+    if "steps_before_stop" in table:
+        out["bmim_steps_before_stop"] = {k: (None if v != v else float(v))
+                                         for k, v in zip(table["iteration"], table["steps_before_stop"])}
+    out["bmim_density_ok"] = bool(abs(out["bmim_density_rel_err"]) <= BMIM_DENSITY_TARGET)  # NaN: False
+    out["bmim_stable_ok"] = bool(out["bmim_stable_ps"] >= BMIM_STABLE_TARGET_PS)
+    return out
+
+
+def _run_oracle(project: Path, campaign: str, profile: str = "oracle") -> None:
     from lotf.demo import prepare_project
 
+    prepare_project(project, [campaign], profile)
+    subprocess.run(["dvc", "repro", "-q"], cwd=project, check=True)
+
+
+def validation_benchmark(directory: str | None = None, bmim: bool = False) -> dict:
+    """The water oracle (and with ``bmim`` the BMIM-BF4 oracle, in its own project) end to end."""
     start = time.perf_counter()
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    project = Path(directory or tempfile.mkdtemp(prefix="lotf-validation-")) / "project"
-    prepare_project(project, ["water"], "oracle")
-    subprocess.run(["dvc", "repro", "-q"], cwd=project, check=True)
+    root = Path(directory or tempfile.mkdtemp(prefix="lotf-validation-"))
+    project = root / "project"
+    # water: the `validation` profile, the demo's oracle campaign with a 100 ps truth run and 50 ps
+    # of MD per final model (the targets ask for 50 ps; a 30 ps truth is too short for D within 25 %)
+    _run_oracle(project, "water", "validation")
     out = water_summary(project)
     out["wall_s"] = time.perf_counter() - start
     out["project"] = str(project)
+    if bmim:
+        start = time.perf_counter()
+        _run_oracle(root / "bmim", "bmim_bf4")
+        out.update(bmim_summary(root / "bmim"))
+        out["bmim_wall_s"] = time.perf_counter() - start
+        out["bmim_project"] = str(root / "bmim")
     return out
 
 
 if __name__ == "__main__":
-    print(json.dumps(validation_benchmark()))
+    print(json.dumps(validation_benchmark(bmim="--bmim" in sys.argv)))

@@ -15,6 +15,13 @@ experimental density; NVT per size and temperature -> RDF, diffusion, box-size e
 Arrhenius plot, optional butyl dihedrals; NPT densities per density model) and the optional
 ``exploration`` (seed 2: MD, UDD and ERBS with a shallow ensemble).
 
+With a ``truth`` section (the ``oracle`` profile) a force field labels everything (``reference.
+forcefield``; it has no D3 split, so rows with reference ``dft`` and ``dft-d3`` get the same labels)
+and the reference's own MD is the ground truth: a test set drawn from its NVT at
+``truth.test_temperatures``, NVT at ``production.temperatures[0]`` and NPT at
+``production.npt_temperatures[0]`` of the seed box. The final ``production.model`` runs the same
+NVT (without the uncertainty stop) and NPT, compared side by side (README "Ground truth").
+
 Every MD and FIRE pool is screened before selection with the row's ``screening`` (close contacts;
 ``intact_molecules`` against the seed's molecules).
 """
@@ -30,8 +37,10 @@ from lotf.nodes.analysis import (RDF, ArrheniusPlot, BoxSizeExtrapolation, Densi
 from lotf.nodes.d3 import RecomputeD3
 from lotf.nodes.frames import FilterOutliers, MergeFrames
 from lotf.nodes.production import ProductionMD
+from lotf.nodes.reference import ReferenceMD
 from lotf.nodes.sampling import GeometryOptimisation, MDSampling
 from lotf.nodes.seed import GromacsSeed, PackBox, SmilesConformers, VolumeScan
+from lotf.nodes.validation import ReferenceComparison, ReferenceDensity
 from stages.common import (DEFAULT_SCREENING, BuildError, CampaignState, as_sources, check_row, labeller,
                            learning_step, report)
 
@@ -42,6 +51,8 @@ REFERENCES = ("dft-d3", "dft")  # reference.cp2k (with D3) and reference.cp2k_no
 OPTIONS = {"conformers": {"density", "n_conformers"},
            "volume_scan": {"boxes", "points", "rho_min", "rho_max", "n_select"}, "no_d3": {"samplers"}}
 PRESSURE = 1.01325  # bar: 1 atm, every NPT run of the production
+ORACLE_TIMESTEP = 1.0  # fs: the oracle's truth and production MD (the seed's; half the cost of 0.5 fs)
+ORACLE_RDF_PAIR = "B-N"  # anion B - imidazolium N: the ion-ion structure
 
 
 def _stage_name(label: str) -> str:
@@ -83,7 +94,7 @@ def check_rows(c: Campaign, rows: list[dict]) -> None:
             if key not in known:
                 raise BuildError(f"{where} {row['name']}: unknown option '{key}' "
                                  f"(known: {', '.join(sorted(known)) or 'none'})")
-        if kind == "no_d3" and not c["reference"].get("cp2k_no_d3"):
+        if kind == "no_d3" and not (c["reference"].get("cp2k_no_d3") or "forcefield" in c["reference"]):
             raise BuildError(f"{where} {row['name']}: a no_d3 row needs reference.cp2k_no_d3")
         for k, sampler in enumerate(row.get("options", {}).get("samplers", [])):
             check_row(where, {"name": f"{row['name']} sampler {k}", **sampler}, starts=STARTS, label="")
@@ -100,10 +111,13 @@ def check(c: Campaign) -> None:
                 raise BuildError(f"{c.where('system', ion)}: missing key 'gromacs' (seed kind gromacs)")
     elif seed["kind"] != "xtb":
         raise BuildError(f"{c.where('seed')}: unknown kind '{seed['kind']}' (known: gromacs, xtb)")
-    c.require("reference", "cp2k")
     model = c.require("model", "initial", "final", "final_models", "final_variants")
     c.require("geo_opt", "fmax", "max_steps", "max_frames")
     check_rows(c, c.iterations)
+    if "truth" in c.sections:
+        _check_oracle(c)
+        return
+    c.require("reference", "cp2k")
     q = c.require("production", "model", "n_conformers", "fire_steps", "thermostat", "compress_steps", "temperatures",
                   "sizes", "equilibration_steps", "steps", "rate", "rdf_temperatures", "diffusion_groups",
                   "max_lag_ps", "fit_window_ps", "arrhenius_per_size", "npt_pairs", "npt_temperatures",
@@ -130,8 +144,32 @@ def check(c: Campaign) -> None:
         c.require("exploration", "model", "n_train", "steps", "rate", "group", "erbs_interval")
 
 
+def _check_oracle(c: Campaign) -> None:
+    """The oracle profile: a force-field reference, the truth runs and the final model's runs."""
+    model = c["model"]
+    if "forcefield" not in c["reference"]:
+        raise BuildError(f"{c.where('reference')}: a 'truth' section needs a force-field reference (forcefield)")
+    c.require("truth", "steps", "equilibration_steps", "interval", "test_temperatures", "test_steps", "n_test")
+    q = c.require("production", "model", "thermostat", "temperatures", "equilibration_steps", "steps", "rate",
+                  "diffusion_groups", "max_lag_ps", "fit_window_ps", "npt_temperatures", "npt_equilibration_steps",
+                  "npt_steps", "npt_rate")
+    for label in model["final_models"]:
+        variant = model["final_variants"].get(label)
+        if variant is None:
+            raise BuildError(f"{c.where('model', 'final_models')}: unknown final model '{label}' "
+                             f"(known: {', '.join(model['final_variants'])})")
+        if variant.get("d3_cutoff") is not None:  # D3 on force-field labels would be a different reference
+            raise BuildError(f"{c.where('model', 'final_models')}: '{label}' adds D3; a force-field reference "
+                             "has no D3 split (keep the D3-free models)")
+    if "DFT" not in model["final_models"] or q["model"] not in model["final_models"]:
+        raise BuildError(f"{c.where('model', 'final_models')}: needs 'DFT' and the production model '{q['model']}'")
+
+
 def _labels(c: Campaign) -> dict:
     ref = c["reference"]
+    if "forcefield" in ref:  # oracle: one force field for both (its cp2k keys, merged from the paper, unused)
+        label = labeller({key: ref[key] for key in ("forcefield", "cutoff") if key in ref})
+        return {"dft-d3": label, "dft": label}
     run = {key: ref[key] for key in ("n_ranks", "n_threads") if key in ref}
     return {"dft-d3": labeller({"cp2k": ref["cp2k"], **run}),
             "dft": labeller({"cp2k": ref.get("cp2k_no_d3", ref["cp2k"]), **run})}
@@ -210,6 +248,12 @@ def build(project: zntrack.Project, c: Campaign) -> None:
                 state.picks[name] = picks + state.picks[name]
 
     finals = _final_models(project, c, state, no_d3)
+    if "truth" in c.sections:  # oracle: the test set comes from the reference's own MD
+        truth = _truth(project, c, seed, labels["dft"])
+        with project.group(group, "report"):
+            report(state, truth["test"])
+        _oracle_production(project, c, finals[0], truth)
+        return
     with project.group(group, "report"):
         # the D3-free models are tested on the test set relabelled without D3 (taking CP2K's
         # three-body D3 out at its 15.9 Å cutoff needs ~5e7 triangles for 120 atoms)
@@ -454,3 +498,59 @@ def _exploration(project: zntrack.Project, c: Campaign, finals: tuple[dict, dict
         nodes = [MDSampling(data=seed.frames, model=model, data_id=-1, seed=0, name=name, **common, **options)
                  for name, options in runs.items()]
         ExplorationMetrics(data=nodes, names=list(runs), group=q["group"], descriptor_stride=10, name="Metrics")
+
+
+def _truth(project: zntrack.Project, c: Campaign, seed, label) -> dict:
+    """The reference's own MD from the seed's last box: a test set at ``truth.test_temperatures``
+    (never the campaign's data), and the truth runs at the production temperatures: NVT (RDF,
+    diffusion) and NPT at 1 atm (density)."""
+    t, q, ff = c["truth"], c["production"], c["reference"]
+    md = dict(forcefield=ff["forcefield"], cutoff=ff.get("cutoff"), timestep=ORACLE_TIMESTEP, interval=t["interval"],
+              equilibration_steps=t["equilibration_steps"])
+    T, T_npt = q["temperatures"][0], q["npt_temperatures"][0]
+    with project.group(c.group, "reference"):
+        picks = []
+        for k, test_T in enumerate(t["test_temperatures"]):
+            run = ReferenceMD(data=seed.frames, temperature=test_T, steps=t["test_steps"], seed=100 + k,
+                              name=f"Test{test_T:.0f}K", **md)
+            picks.append(RandomSelection(data=run.frames, n_configurations=t["n_test"], seed=k,
+                                         name=f"Test{test_T:.0f}KPick").frames)
+        test = label(MergeFrames(data=picks, name="TestPool").frames, name="TestSet")
+        nvt = ReferenceMD(data=seed.frames, temperature=T, steps=t["steps"], seed=0, name=f"NVT{T:.0f}K", **md)
+        rdf = RDF(data=nvt, pairs=[ORACLE_RDF_PAIR], name="RDF")
+        diffusion = Diffusion(data=nvt, groups=q["diffusion_groups"], temperature=T, max_lag_ps=q["max_lag_ps"],
+                              fit_window_ps=q["fit_window_ps"], n_blocks=5, name="Diffusion")
+        # one copy of the box: 10 ion pairs at ~1.2 g/cm³ are 14.6 Å wide, just above twice the 7 Å
+        # cutoff; the NPT default margin (5 %) would replicate it 2x2x2 (8x the cost)
+        npt = ReferenceMD(data=seed.frames, ensemble="npt", pressure=PRESSURE, temperature=T_npt,
+                          steps=t["steps"], replicate=[1, 1, 1], seed=1, name=f"NPT{T_npt:.0f}K", **md)
+        density = Density(data=npt, temperature=T_npt, experimental=c["experimental"]["density"],
+                          start=t["steps"] // t["interval"] // 5, name="Density")  # first 20 %: relaxation
+    return {"test": test, "start": seed, "nvt": nvt, "rdf": rdf, "diffusion": diffusion, "npt": npt,
+            "density": density}
+
+
+def _oracle_production(project: zntrack.Project, c: Campaign, models: dict[str, TrainModel], truth: dict) -> None:
+    """The final ``production.model`` beside the reference: NVT at the truth run's temperature from
+    its last frame, without the uncertainty stop (the bond-graph stop of ProductionMD stays: the
+    time before a molecule breaks is ``stable_ps``), and NPT at 1 atm from the reference NPT's start."""
+    q, group = c["production"], c.group
+    model = models[q["model"]]
+    T, T_npt = q["temperatures"][0], q["npt_temperatures"][0]
+    run = dict(model=model, timestep=ORACLE_TIMESTEP, thermostat=q["thermostat"], density=None, seed=0, checks=[])
+    with project.group(group, "production"):
+        nvt = ProductionMD(data=truth["nvt"].frames, temperature=T, equilibration_steps=q["equilibration_steps"],
+                           steps=q["steps"], sampling_rate=q["rate"], name=f"NVT{T:.0f}K", **run)
+        rdf = RDF(data=nvt, pairs=[ORACLE_RDF_PAIR], name="RDF")
+        diffusion = Diffusion(data=nvt, groups=q["diffusion_groups"], temperature=T, max_lag_ps=q["max_lag_ps"],
+                              fit_window_ps=q["fit_window_ps"], n_blocks=5, name="Diffusion")
+        npt = ProductionMD(data=truth["start"].frames, temperature=T_npt, ensemble="npt",
+                           barostat={"pressure": PRESSURE}, equilibration_steps=q["npt_equilibration_steps"],
+                           steps=q["npt_steps"], sampling_rate=q["npt_rate"], name=f"NPT{T_npt:.0f}K", **run)
+        density = Density(data=npt, temperature=T_npt, experimental=c["experimental"]["density"],
+                          start=q["npt_steps"] // q["npt_rate"] // 5, name="Density")
+        ReferenceComparison(names=[q["model"]], runs=[nvt], rdfs=[rdf], diffusions=[diffusion],
+                            reference_run=truth["nvt"], reference_rdf=truth["rdf"],
+                            reference_diffusion=truth["diffusion"], group=q["diffusion_groups"][0],
+                            pair=ORACLE_RDF_PAIR, temperature=T, timestep=ORACLE_TIMESTEP, name="Comparison")
+        ReferenceDensity(names=[q["model"]], densities=[density], reference=truth["density"], name="DensityComparison")

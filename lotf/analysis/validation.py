@@ -45,3 +45,10 @@ def compare_run(md_metrics: dict, diffusion_metrics: dict, rdf: pd.DataFrame | N
     if rdf is not None and reference_rdf is not None:
         out["rdf_max_abs_dev"] = rdf_max_abs_dev(rdf, reference_rdf, pair)
     return out
+
+
+def density_against_reference(density_metrics: dict, reference_metrics: dict) -> dict:
+    """An NPT density (``Density`` metrics) against the reference's at the same T and pressure."""
+    rho = float(density_metrics.get("density_g_cm3", np.nan))
+    rho_ref = float(reference_metrics.get("density_g_cm3", np.nan))
+    return {"density_g_cm3": rho, "density_rel_err": (rho - rho_ref) / rho_ref if rho_ref else np.nan}

@@ -70,3 +70,28 @@ class ReferenceComparison(zntrack.Node):
         fig.tight_layout()
         fig.savefig(self.figure, dpi=120)
         plt.close(fig)
+
+
+class ReferenceDensity(zntrack.Node):
+    """NPT densities of MLP runs against the reference force field's own NPT density.
+
+    ``densities`` are ``Density`` nodes of the MLP runs (one per model, named by ``names``),
+    ``reference`` the ``Density`` node of the reference's NPT at the same temperature and pressure.
+    ``metrics``: the reference density and, per model, its density and relative error.
+    """
+
+    names: list = zntrack.params()
+    densities: list = zntrack.deps()
+    reference: object = zntrack.deps()
+
+    metrics: dict = zntrack.metrics()
+
+    def run(self) -> None:
+        from lotf.analysis.validation import density_against_reference
+
+        if len(self.names) != len(self.densities):
+            raise ValueError("ReferenceDensity: names and densities need one entry per model")
+        ref = self.reference.metrics
+        self.metrics = {"reference": {"density_g_cm3": ref.get("density_g_cm3")},
+                        "models": {name: density_against_reference(d.metrics, ref)
+                                   for name, d in zip(self.names, self.densities)}}

@@ -1,0 +1,104 @@
+"""The BMIM-BF4 oracle profile: every Table 1 row at reduced scale, labelled by the CL&P force field,
+with the reference's own MD as ground truth (README "Ground truth: the oracle profile")."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lotf.campaign import load_campaign
+from tests.campaigns.test_build import REPO, lotf
+
+CAMPAIGN = REPO / "campaigns" / "bmim_bf4.yaml"
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory) -> dict:
+    """The built oracle graph: stages and params."""
+    out = tmp_path_factory.mktemp("bmim") / "oracle"
+    run = lotf("build", "--config", str(CAMPAIGN), "--profile", "oracle", "--out", str(out), cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    return {"stages": yaml.safe_load((out / "dvc.yaml").read_text())["stages"],
+            "params": yaml.safe_load((out / "params.yaml").read_text())}
+
+
+def test_the_oracle_keeps_every_table_1_row():
+    paper, oracle = load_campaign(CAMPAIGN), load_campaign(CAMPAIGN, "oracle")
+    assert [row["name"] for row in oracle.iterations] == [row["name"] for row in paper.iterations]
+    assert [row["name"] for row in oracle.iterations] == [f"ML{k}" for k in range(1, 18)]
+    for old, new in zip(paper.iterations, oracle.iterations):
+        assert new.get("kind") == old.get("kind") and new.get("start") == old.get("start")
+        if "sampling" in old:
+            assert new["sampling"]["steps"] < old["sampling"]["steps"]  # reduced scale
+            assert new["sampling"].get("modifiers") == old["sampling"].get("modifiers")
+
+
+def test_the_oracle_graph_has_every_row_and_the_same_stage_kinds(oracle):
+    stages = oracle["stages"]
+    for k in range(1, 18):
+        assert any(name.startswith(f"bmim-bf4_ML{k}_") for name in stages), f"ML{k}"
+    for stage in ("bmim-bf4_classical_GromacsSeed", "bmim-bf4_ML0_TrainModel", "bmim-bf4_ML11_PackedLabel",
+                  "bmim-bf4_ML13_VolumeScan0", "bmim-bf4_ML16_ModelNoD3", "bmim-bf4_ML17_ModelDFT",
+                  "bmim-bf4_report_CampaignReport"):
+        assert stage in stages, stage
+    assert not any("D3-" in name or "exploration" in name for name in stages)  # no invented D3; no seed-2 study
+
+
+def test_the_force_field_labels_everything(oracle):
+    stages, params = oracle["stages"], oracle["params"]
+    assert not any("CP2K" in name for name in stages)
+    labels = [name for name in stages if "Label" in name or name.endswith(("DFT", "TestSet"))
+              and params.get(name, {}).get("forcefield")]
+    assert len(labels) > 20
+    for name, values in params.items():
+        if "forcefield" in values:
+            assert values["forcefield"] == "bmim_bf4" and values["cutoff"] == 7.0, name
+    # ML17's hybrid MLP+D3 NPT runs without D3 (the force field has none)
+    assert not params["bmim-bf4_ML17_MD1"].get("d3")
+
+
+def test_the_truth_runs_and_the_comparison(oracle):
+    stages, params = oracle["stages"], oracle["params"]
+    nvt, npt = params["bmim-bf4_reference_NVT353K"], params["bmim-bf4_reference_NPT300K"]
+    assert nvt["ensemble"] == "nvt" and nvt["temperature"] == 353.0
+    assert npt["ensemble"] == "npt" and npt["temperature"] == 300.0 and npt["replicate"] == [1, 1, 1]
+    tests = [name for name in stages if name.startswith("bmim-bf4_reference_Test") and name.endswith("K")]
+    assert len(tests) >= 2  # the test set: the reference's MD at several temperatures
+    report_deps = " ".join(stages["bmim-bf4_report_CampaignReport"]["deps"])
+    assert "reference/TestSet" in report_deps and "classical/TestSet" not in report_deps
+    production = params["bmim-bf4_production_NVT353K"]
+    assert production["checks"] == [] and production["ensemble"] == "nvt"  # no uncertainty stop
+    assert params["bmim-bf4_production_NPT300K"]["ensemble"] == "npt"
+    for stage in ("bmim-bf4_production_Comparison", "bmim-bf4_production_DensityComparison",
+                  "bmim-bf4_reference_Density", "bmim-bf4_production_Density"):
+        assert stage in stages, stage
+
+
+def test_the_paper_and_smoke_profiles_have_no_truth():
+    for profile in ("paper", "smoke"):
+        assert "truth" not in load_campaign(CAMPAIGN, profile).sections
+
+
+@pytest.mark.slow
+def test_the_oracle_runs_end_to_end_and_its_numbers_are_physical(tmp_path):
+    """The whole campaign with `dvc repro` (about an hour on 2 cores)."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.validation import _run_oracle, bmim_summary
+
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    try:
+        _run_oracle(tmp_path / "bmim", "bmim_bf4")
+    except subprocess.CalledProcessError as err:
+        pytest.fail(f"dvc repro failed: {err}")
+    out = bmim_summary(tmp_path / "bmim")
+    assert math.isfinite(out["bmim_density_g_cm3"]) and abs(out["bmim_density_rel_err"]) < 0.15
+    assert 1.0 < out["bmim_reference_density_g_cm3"] < 1.4
+    assert abs(out["bmim_T_mean_K"] - 353.0) < 35.3 or out["bmim_stable_ps"] < 1.0
+    assert abs(out["bmim_npt_T_mean_K"] - 300.0) < 30.0
+    assert abs(out["bmim_reference_T_mean_K"] - 353.0) < 35.3
+    assert all(math.isfinite(v) and v > 0 for v in out["bmim_test_forces_mae"].values())
+    assert out["bmim_stable_ps"] > 0
