@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lotf.analysis.validation import compare_run, rdf_max_abs_dev
+from lotf.analysis.validation import compare_run, density_against_reference, rdf_max_abs_dev
 
 
 def rdf_table(r, g):
@@ -78,3 +78,11 @@ def test_diffusion_of_a_run_that_stopped_early_is_recorded_not_an_error(tmp_path
     fits = Diffusion(data=str(path), groups=["com:H2O"], max_lag_ps=0.2, n_blocks=1, name="fits")
     fits.run()
     assert np.isfinite(fits.metrics["com:H2O"]["D_A2_per_ns"])
+
+
+def test_density_against_the_reference_npt():
+    out = density_against_reference({"density_g_cm3": 1.26}, {"density_g_cm3": 1.20})
+    assert out["density_g_cm3"] == 1.26 and out["density_rel_err"] == pytest.approx(0.05)
+    # a broken run's Density reports NaN: so does the comparison, and NaN fails any tolerance
+    broken = density_against_reference({"density_g_cm3": float("nan")}, {"density_g_cm3": 1.20})
+    assert np.isnan(broken["density_rel_err"]) and not abs(broken["density_rel_err"]) <= 0.05

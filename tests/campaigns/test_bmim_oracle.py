@@ -51,12 +51,10 @@ def test_the_oracle_graph_has_every_row_and_the_same_stage_kinds(oracle):
 def test_the_force_field_labels_everything(oracle):
     stages, params = oracle["stages"], oracle["params"]
     assert not any("CP2K" in name for name in stages)
-    labels = [name for name in stages if "Label" in name or name.endswith(("DFT", "TestSet"))
-              and params.get(name, {}).get("forcefield")]
-    assert len(labels) > 20
-    for name, values in params.items():
-        if "forcefield" in values:
-            assert values["forcefield"] == "bmim_bf4" and values["cutoff"] == 7.0, name
+    labelled = [name for name, values in params.items() if "forcefield" in values]  # labels and reference MD
+    assert len(labelled) > 20 and "bmim-bf4_ML16_TrainDFT" in labelled and "bmim-bf4_reference_TestSet" in labelled
+    for name in labelled:
+        assert params[name]["forcefield"] == "bmim_bf4" and params[name]["cutoff"] == 7.0, name
     # ML17's hybrid MLP+D3 NPT runs without D3 (the force field has none)
     assert not params["bmim-bf4_ML17_MD1"].get("d3")
 
@@ -102,3 +100,37 @@ def test_the_oracle_runs_end_to_end_and_its_numbers_are_physical(tmp_path):
     assert abs(out["bmim_reference_T_mean_K"] - 353.0) < 35.3
     assert all(math.isfinite(v) and v > 0 for v in out["bmim_test_forces_mae"].values())
     assert out["bmim_stable_ps"] > 0
+
+
+def test_the_benchmark_summary_reads_the_finished_project(tmp_path):
+    """`bmim_summary` on the files a finished oracle project holds (written by hand here)."""
+    import json
+
+    import pandas as pd
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.validation import bmim_summary
+
+    nodes = tmp_path / "nodes" / "bmim-bf4"
+
+    def write(where: str, metrics: dict) -> None:
+        (nodes / where).mkdir(parents=True)
+        (nodes / where / "metrics.json").write_text(json.dumps(metrics))
+
+    write("production/DensityComparison", {"reference": {"density_g_cm3": 1.2},
+                                           "models": {"DFT": {"density_g_cm3": 1.23, "density_rel_err": 0.025}}})
+    write("production/Comparison", {"reference": {"D_A2_per_ns": 5.0, "T_mean_K": 352.0},
+                                    "models": {"DFT": {"D_ratio": 1.4, "T_mean_K": 350.0, "stable_ps": 12.5,
+                                                       "stop_reason": "bond_graph", "rdf_max_abs_dev": 0.3}}})
+    write("production/NPT300K", {"temperature_mean_K": 301.0})
+    (nodes / "report" / "CampaignReport" / "report").mkdir(parents=True)
+    pd.DataFrame({"iteration": ["classical", "ML0", "ML17"], "test_forces_mae": [300.0, 200.0, 90.0],
+                  "test_energy_mae": [9.0, 5.0, 2.0], "steps_before_stop": [float("nan"), float("nan"), 40.0]}
+                 ).to_csv(nodes / "report" / "CampaignReport" / "report" / "iterations.csv", index=False)
+    out = bmim_summary(tmp_path)
+    assert out["bmim_density_rel_err"] == 0.025 and out["bmim_density_ok"]
+    assert out["bmim_stable_ps"] == 12.5 and not out["bmim_stable_ok"] and out["bmim_stop_reason"] == "bond_graph"
+    assert out["bmim_test_forces_mae"] == {"classical": 300.0, "ML0": 200.0, "ML17": 90.0}
+    assert out["bmim_test_forces_mae_first"] == 300.0 and out["bmim_test_forces_mae_last"] == 90.0
+    assert out["bmim_steps_before_stop"]["ML17"] == 40.0 and out["bmim_steps_before_stop"]["ML0"] is None
+    json.dumps(out)  # the benchmark prints it as JSON
