@@ -154,7 +154,7 @@ def _training_rate(base: Atoms, quick: bool, ensemble: str) -> float:
     return len(frames) / float(np.median(steady))
 
 
-def warmstart_benchmark(epochs: int = 100, n_train: int = 60, seed: int = 0) -> dict:
+def warmstart_benchmark(epochs: int = 100, n_train: int = 60, seed: int = 0, warm_lr_factor: float = 1.0) -> dict:
     """Continual learning: epochs a warm start and a fresh start need after 20 % new data.
 
     EMT-labelled Cu/Al cells (32 atoms, rattled and strained), a reduced GMNN (64-64,
@@ -164,9 +164,14 @@ def warmstart_benchmark(epochs: int = 100, n_train: int = 60, seed: int = 0) -> 
     iteration brings) are added; the validation set has both kinds. The grown set is trained
     from scratch for ``epochs``; its best validation loss (+5 %) is the target, and
     ``epochs_to_match_scratch`` is the first epoch that reaches it. Warm starts get budgets of
-    10, 20, 30, 50 and 100 % of ``epochs`` (a warm start is run with fewer epochs, its schedule
+    10, 15, 20, 25, 30, 50 and 100 % of ``epochs`` (a warm start is run with fewer epochs, its schedule
     over that budget: ``warm_start_epochs``); ``epochs_to_match_warm`` is the smallest budget
-    whose kept model reaches the target (None if none does).
+    whose kept model reaches the target (None if none does). Warm starts run at
+    ``warm_lr_factor`` times the rates (``warm_start_lr_factor``, after the 2-epoch ramp). Measured
+    with 100 epochs: factor 1 reached the target in 50 warm epochs, 2 and 3 in 30, 4 in 25 (ratio
+    0.29), but 3x the rates also brought the from-scratch run to that target in 44 epochs instead
+    of 85, so a larger factor mostly measures that the preset's rates are low for this model; the
+    default compares at the same rates (README "Warm starts keep the model").
     """
     import tempfile
 
@@ -179,7 +184,8 @@ def warmstart_benchmark(epochs: int = 100, n_train: int = 60, seed: int = 0) -> 
     new = _rattled(emt_frames(n_train // 5, seed=seed + 1), scale=0.14, seed=seed)
     val = emt_frames(10, seed=seed + 2) + _rattled(emt_frames(5, seed=seed + 3), scale=0.14, seed=seed + 1)
     config = TrainConfig(epochs=epochs, batch_size=4, progress=False, loss_normalisation="per_atom")
-    out: dict = {"epochs": epochs, "n_train": n_train, "n_new": len(new), "n_val": len(val), "warm": []}
+    out: dict = {"epochs": epochs, "n_train": n_train, "n_new": len(new), "n_val": len(val),
+                 "warm_start_lr_factor": warm_lr_factor, "warm": []}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         first = train(old, val, model, config, f"{tmp}/first")
@@ -188,10 +194,11 @@ def warmstart_benchmark(epochs: int = 100, n_train: int = 60, seed: int = 0) -> 
         out.update(first_val_loss_on_grown_val=None, target_val_loss=target,
                    epochs_to_match_scratch=next(r["epoch"] for r in scratch.history if r["val_loss"] <= target),
                    scratch_val_forces_mae=scratch.metrics["val_forces_mae"], epochs_to_match_warm=None)
-        for fraction in (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0):
+        for fraction in (0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0):
             budget = max(1, round(fraction * epochs))
-            warm = train(old + new, val, model, TrainConfig(**{**config.to_dict(), "warm_start_epochs": budget}),
-                         f"{tmp}/warm{budget}", init_from=first.model_dir)
+            warm_config = TrainConfig(**{**config.to_dict(), "warm_start_epochs": budget,
+                                         "warm_start_lr_factor": warm_lr_factor})
+            warm = train(old + new, val, model, warm_config, f"{tmp}/warm{budget}", init_from=first.model_dir)
             out["first_val_loss_on_grown_val"] = warm.history[0]["val_loss"]
             out["warm"].append({"epochs": budget, "val_loss": warm.metrics["val_loss"],
                                 "val_forces_mae": warm.metrics["val_forces_mae"]})
