@@ -140,7 +140,8 @@ class ProductionMD(zntrack.Node):
             the table's density at ``temperature``, read when the stage runs, so a changed table
             puts the run out of date.
         equilibration_steps: NVT steps before production. steps: production steps.
-        checks: stop criteria of the production run (a NaN and a bond-graph check are always on).
+        checks: stop criteria of the production run (a NaN check is always on, and a bond-graph
+            check for a molecular system).
         seed: node seed; each phase runs with its own seed derived from it (:func:`phase_seed`).
     """
 
