@@ -196,7 +196,7 @@ def elements(c: Campaign) -> list[str]:
 def check_campaign(c: Campaign, root: str | Path = ".") -> None:
     """Build-time checks beyond the schema: every named file exists in the project ``root``, and a
     CP2K reference knows every element of the system (``lotf.reference.cp2k.check_elements``,
-    where this lotf has it and CP2K's data files are installed)."""
+    where CP2K's data files are installed)."""
     for section, key in FILE_KEYS:
         path = (c.sections.get(section) or {}).get(key) if isinstance(c.sections.get(section), dict) else None
         if path is not None and not (Path(root) / path).is_file():
@@ -206,9 +206,8 @@ def check_campaign(c: Campaign, root: str | Path = ".") -> None:
             raise CampaignError(f"{c.where('seed')}: topologies file not found: {path}")
     from lotf.reference import cp2k
 
-    check_elements = getattr(cp2k, "check_elements", None)  # newer lotf: settings against the elements
     reference = c.sections.get("reference") or {}
-    if check_elements is None or not any(key in reference for key in ("cp2k", "cp2k_no_d3")):
+    if not any(key in reference for key in ("cp2k", "cp2k_no_d3")):
         return
     if not cp2k.cp2k_data_dirs():  # a graph may be built where CP2K is not installed (labels run elsewhere)
         return
@@ -216,7 +215,7 @@ def check_campaign(c: Campaign, root: str | Path = ".") -> None:
     for key in ("cp2k", "cp2k_no_d3"):
         if key in reference and symbols:
             try:
-                check_elements(str(Path(root) / reference[key]), symbols)
+                cp2k.check_elements(str(Path(root) / reference[key]), symbols)
             except (ValueError, KeyError) as err:
                 raise CampaignError(f"{c.where('reference', key)}: {str(err).strip().splitlines()[0]}") from None
 
