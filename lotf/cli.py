@@ -222,7 +222,7 @@ def bench_warmstart(epochs: int = typer.Option(100, help="epochs of the from-scr
 @bench_app.command("validation")
 def bench_validation(directory: Optional[Path] = typer.Option(None, help="where to build the project (default: a temp dir)"),
                      bmim: bool = typer.Option(False, "--bmim", help="also the BMIM-BF4 oracle campaign (density, "
-                                                                     "stable ps; about an hour on 2 cores)")):
+                                                                     "stable ps; 80 min on 2 shared cores)")):
     """The water oracle campaign against its force-field ground truth (D, RDF, T, test errors)."""
     typer.echo(json.dumps(_load_benchmark("validation").validation_benchmark(str(directory) if directory else None,
                                                                               bmim=bmim)))

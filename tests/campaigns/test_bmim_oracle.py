@@ -94,7 +94,7 @@ def check_physical(out: dict) -> None:
 
 @pytest.mark.slow
 def test_the_oracle_runs_end_to_end_and_its_numbers_are_physical(tmp_path):
-    """The whole campaign with `dvc repro` (about 1.5 h on 2 shared cores)."""
+    """The whole campaign with `dvc repro` (80 min on 2 shared cores)."""
     sys.path.insert(0, str(REPO))
     from benchmarks.validation import _run_oracle, bmim_summary
 
