@@ -233,7 +233,8 @@ def build(campaigns: list[str] = typer.Argument(None, help="campaigns to build: 
                                                           "or campaign files (default: every built-in campaign)"),
           config: Optional[list[Path]] = typer.Option(None, "--config", help="a campaign file (YAML); repeatable"),
           profile: str = typer.Option("paper", help="a profile of the campaigns: paper (the seeds' settings), "
-                                                    "smoke (tiny, for CI/demo), oracle (water)"),
+                                                    "smoke (tiny, for CI/demo), oracle (force-field ground truth), "
+                                                    "validation (water: the oracle with longer runs)"),
           out: Optional[Path] = typer.Option(None, "--out", help="build in this separate git + DVC project "
                                                                  "(stages/, models/, data/, campaigns/ are copied there)"),
           force: bool = typer.Option(False, "--force", help="replace a committed graph with a non-paper build")):
