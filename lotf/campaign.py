@@ -83,9 +83,9 @@ def read(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise CampaignError(f"{path}: invalid YAML: {getattr(err, 'problem', None) or err}{where}") from None
+        from lotf.inputs import yaml_problem
+
+        raise CampaignError(f"{path}: {yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise CampaignError(f"{path}: a campaign file is a mapping of sections, got {type(data).__name__}")
     validate(data, schema(), str(path))

@@ -56,3 +56,12 @@ def opls_topologies(species, directory: str = OPLS) -> list[str]:
     atom types (written into every topology), as project-relative paths."""
     names = [str(s).lower() for s in species if str(s).lower() != "water"]
     return [f"{directory}/{name}.itp" for name in names] + [f"{directory}/{ATOMTYPES}"]
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: ``invalid YAML: <problem> (line L, column C)`` (settings
+    files and campaign files report it this way)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    what = problem or (str(exc).splitlines() or ["syntax error"])[0]
+    return f"invalid YAML: {what}{where}"

@@ -699,10 +699,9 @@ def load_settings(source: str | Path | Mapping | CP2KSettings) -> CP2KSettings:
         try:
             tree = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-            what = problem or (str(exc).splitlines() or ["syntax error"])[0]
-            raise CP2KSetupError(f"{path}: invalid YAML: {what}{where}") from None
+            from lotf.inputs import yaml_problem
+
+            raise CP2KSetupError(f"{path}: {yaml_problem(exc)}") from None
         if not isinstance(tree, dict):
             raise CP2KSetupError(f"{path}: expected a mapping with a force_eval section")
         settings = CP2KSettings(tree=tree, source=str(path), base_dir=path.parent.resolve())
