@@ -74,6 +74,13 @@ class TrainConfig:
     refit_shift: str = "auto"
     refit_shift_threshold: float = 5.0
     patience: int = 0  # stop after this many epochs without improvement; 0 disables
+    # which epoch is kept: "error" (default) scores the ensemble mean with the training loss's
+    # weights and normalisation, every NLL term read as the mean's squared error; "loss" is the
+    # training loss itself. An NLL validation loss on a handful of frames rewards a calibrated
+    # spread as much as a smaller error: measured on a BMIM-BF4 oracle warm start, epoch 6 cut
+    # the validation force MAE from 132 to 122 meV/Å yet lost on NLL, so epoch 0 was kept and
+    # eleven iterations returned the same model (README "Which epoch is kept")
+    select_on: str = "error"
     progress: bool = True
 
     def __post_init__(self):
@@ -95,6 +102,7 @@ class TrainConfig:
             ("warm_start_epochs", self.warm_start_epochs >= 0),
             ("refit_shift", self.refit_shift in ("auto", "always", "never")),
             ("refit_shift_threshold", self.refit_shift_threshold >= 0),
+            ("select_on", self.select_on in ("error", "loss")),
         ]
         for key, ok in checks:
             if not ok:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,6 +89,25 @@ def loss_terms(out: dict, graph, labels, config: TrainConfig) -> dict[str, jax.A
     stress = jnp.sum(per_structure) / jnp.maximum(jnp.sum(smask_s), 1.0)
     return {"energy": energy, "forces": forces, "stress": stress,
             "total": et.weight * energy + ft.weight * forces + st.weight * stress}
+
+
+def selection_config(config: TrainConfig) -> TrainConfig:
+    """The loss that picks the kept epoch (``config.select_on``): for "error", every NLL term
+    becomes the mse of the same weight, so only the ensemble mean's error counts."""
+    if config.select_on == "loss":
+        return config
+    as_error = lambda t: dataclasses.replace(t, kind="mse", beta=0.0) if t.kind == "nll" else t
+    return dataclasses.replace(config, energy_loss=as_error(config.energy_loss),
+                               forces_loss=as_error(config.forces_loss), stress_loss=as_error(config.stress_loss))
+
+
+def selection_score(out: dict, graph, labels, config: TrainConfig) -> jax.Array:
+    """The batch's score for keeping an epoch: the training loss of the ensemble mean alone under
+    :func:`selection_config` (``config.select_on`` "loss": the training loss itself)."""
+    if config.select_on == "loss":
+        return loss_terms(out, graph, labels, config)["total"]
+    mean = {"energy_ensemble": out["energy"][:, None], "forces": out["forces"], "virial": out["virial"]}
+    return loss_terms(mean, graph, labels, selection_config(config))["total"]
 
 
 def prediction_metrics(pred_e, ref_e, n_atoms, pred_f, ref_f, pred_s=None, ref_s=None) -> dict[str, float]:

@@ -26,7 +26,7 @@ from lotf.potential.predict import make_predict
 from lotf.training import statistics
 from lotf.training.config import TrainConfig, check_compatible
 from lotf.training.data import Dataset, species_of
-from lotf.training.loss import loss_terms, prediction_metrics
+from lotf.training.loss import loss_terms, prediction_metrics, selection_score
 
 GROUPS = ("embedding", "network", "scale", "shift")
 log = logging.getLogger(__name__)
@@ -208,16 +208,17 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
     @jax.jit
     def eval_step(p, graph, labels):
         out = predict([p], [graph])
-        return loss_terms(out, graph, labels, config), out
+        return loss_terms(out, graph, labels, config), selection_score(out, graph, labels, config), out
 
-    def predictions(p, dataset: Dataset, bsz: int, padding) -> tuple[float, dict[str, np.ndarray]]:
-        """Loss and unpadded predictions/labels over a data set (member means)."""
-        losses, weights = [], []
+    def predictions(p, dataset: Dataset, bsz: int, padding) -> tuple[float, float, dict[str, np.ndarray]]:
+        """Loss, selection score and unpadded predictions/labels over a data set (member means)."""
+        losses, scores, weights = [], [], []
         cols = {k: [] for k in ("pe", "re", "na", "pf", "rf", "ps", "rs")}
         for graph, labels in dataset.batches(bsz, padding):
-            terms, out = eval_step(p, graph, labels)
+            terms, score, out = eval_step(p, graph, labels)
             m = labels.structure_mask
             losses.append(float(terms["total"]) * m.sum())
+            scores.append(float(score) * m.sum())
             weights.append(m.sum())
             am = np.asarray(graph.atom_mask)
             sm = m & labels.has_stress
@@ -226,17 +227,20 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
                                ("rf", labels.forces[am]), ("ps", np.asarray(out["stress"])[sm]),
                                ("rs", labels.stress[sm])):
                 cols[key].append(value)
-        return float(np.sum(losses) / np.sum(weights)), {k: np.concatenate(v) for k, v in cols.items()}
+        total = np.sum(weights)
+        return float(np.sum(losses) / total), float(np.sum(scores) / total), {k: np.concatenate(v) for k, v in cols.items()}
 
     def evaluate(p, dataset: Dataset, bsz: int, padding) -> tuple[float, dict[str, float]]:
-        loss, c = predictions(p, dataset, bsz, padding)
-        return loss, prediction_metrics(c["pe"], c["re"], c["na"], c["pf"], c["rf"], c["ps"], c["rs"])
+        """Loss and metrics; metrics["selection_score"] is what picks the kept epoch."""
+        loss, score, c = predictions(p, dataset, bsz, padding)
+        metrics = prediction_metrics(c["pe"], c["re"], c["na"], c["pf"], c["rf"], c["ps"], c["rs"])
+        return loss, {**metrics, "selection_score": score}
 
     pad_eval_train = train_set.padding(vbs)
     shift_offset, shift_refitted = 0.0, False
     if init_params is not None and config.refit_shift != "never":
         previous_rmse = _previous_metric(init_from, "train_energy_rmse")
-        params, shift_offset, shift_refitted = refit_shift(params, predictions(params, train_set, vbs, pad_eval_train)[1],
+        params, shift_offset, shift_refitted = refit_shift(params, predictions(params, train_set, vbs, pad_eval_train)[2],
                                                            train_set, config, previous_rmse)
         log.info("warm start: labels' energy zero moved by %.2f meV/atom; shift %s", shift_offset,
                  "refitted" if shift_refitted else "kept")
@@ -246,7 +250,8 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
     history: list[dict[str, float]] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     curve_path = out_dir / "learning_curve.csv"
-    fields = ["epoch", "train_loss", "val_loss", "val_energy_mae", "val_forces_mae", "skipped_steps", "seconds"]
+    fields = ["epoch", "train_loss", "val_loss", "val_selection_score", "val_energy_mae", "val_forces_mae",
+              "skipped_steps", "seconds"]
     skipped_total = 0
     with curve_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -254,7 +259,8 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
 
         def record(epoch, train_loss, val_loss, metrics, skipped, seconds):
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                   "val_energy_mae": metrics["energy_mae"], "val_forces_mae": metrics["forces_mae"],
+                   "val_selection_score": metrics["selection_score"], "val_energy_mae": metrics["energy_mae"],
+                   "val_forces_mae": metrics["forces_mae"],
                    "skipped_steps": skipped, "seconds": seconds}
             writer.writerow(row)
             fh.flush()
@@ -265,7 +271,7 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
         val_loss, metrics = evaluate(params, val_set, vbs, pad_val)
         record(0, evaluate(params, train_set, vbs, pad_eval_train)[0], val_loss, metrics, 0,
                time.perf_counter() - start)
-        best = (val_loss, jax.device_get(params), 0, metrics)
+        best = (metrics["selection_score"], jax.device_get(params), 0, metrics)
         bar = tqdm(range(1, config.epochs + 1), desc="training", disable=not config.progress)
         stale = 0
         for epoch in bar:
@@ -285,8 +291,8 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss is not finite)")
             val_loss, metrics = evaluate(params, val_set, vbs, pad_val)
             record(epoch, total / count, val_loss, metrics, skipped, time.perf_counter() - start)
-            if val_loss < best[0]:
-                best = (val_loss, jax.device_get(params), epoch, metrics)
+            if metrics["selection_score"] < best[0]:
+                best = (metrics["selection_score"], jax.device_get(params), epoch, metrics)
                 stale = 0
             else:
                 stale += 1

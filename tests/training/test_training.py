@@ -165,6 +165,47 @@ def test_loss_normalisation_eq7_as_written_and_per_atom():
         TrainConfig(loss_normalisation="per_structure")
 
 
+def test_kept_epoch_is_scored_by_the_mean_error_not_the_spread():
+    from lotf.training.data import Labels
+    from lotf.training.loss import loss_terms, selection_score
+
+    class G:
+        atom_mask = jnp.ones(2)
+        structure = jnp.zeros(2, jnp.int32)
+
+    labels = Labels(energy=np.array([0.0]), forces=np.zeros((2, 3)), stress=np.zeros((1, 3, 3)),
+                    has_stress=np.array([False]), n_atoms=np.array([2.0]), structure_mask=np.array([True]),
+                    volume=np.array([0.0]))
+    nll = TrainConfig(loss_normalisation="per_atom", energy_loss={"kind": "nll"}, forces_loss={"kind": "nll", "weight": 4.0})
+
+    def out(mean_error, spread):  # two members around a mean that misses every label by mean_error
+        e = jnp.array([[2 * (mean_error - spread), 2 * (mean_error + spread)]])
+        f = jnp.stack([jnp.full((2, 3), mean_error - spread), jnp.full((2, 3), mean_error + spread)], axis=-1)
+        return {"energy": jnp.mean(e, axis=1), "energy_ensemble": e, "forces": jnp.mean(f, axis=-1),
+                "forces_ensemble": f, "virial": jnp.zeros((1, 3, 3))}
+
+    # a calibrated spread wins on NLL although its mean is twice as wrong ...
+    calibrated, overconfident = out(0.2, 0.2), out(0.1, 0.001)
+    assert loss_terms(calibrated, G, labels, nll)["total"] < loss_terms(overconfident, G, labels, nll)["total"]
+    # ... the selection score reads the mean alone: per-atom energy error² + 4 × force error²
+    assert float(selection_score(overconfident, G, labels, nll)) == pytest.approx(0.1**2 * 2 + 4 * 0.1**2)
+    assert selection_score(overconfident, G, labels, nll) < selection_score(calibrated, G, labels, nll)
+    as_loss = TrainConfig(**{**nll.to_dict(), "select_on": "loss"})
+    assert float(selection_score(calibrated, G, labels, as_loss)) == pytest.approx(float(loss_terms(calibrated, G, labels, nll)["total"]))
+    with pytest.raises(ConfigError, match="select_on"):
+        TrainConfig(select_on="nll")
+
+
+def test_training_keeps_the_epoch_with_the_lowest_selection_score(frames, tmp_path):
+    config = dict(epochs=6, batch_size=2, progress=False, loss_normalisation="per_atom",
+                  energy_loss={"kind": "nll"}, forces_loss={"kind": "nll", "weight": 4.0})
+    for select_on, column in (("error", "val_selection_score"), ("loss", "val_loss")):
+        run = train(frames[:8], frames[8:12], TINY, TrainConfig(**config, select_on=select_on), tmp_path / select_on)
+        scores = [row[column] for row in run.history]
+        assert run.best_epoch == int(np.argmin(scores))
+        assert run.metrics[column] == pytest.approx(min(scores), rel=1e-6)
+
+
 def test_nll_needs_an_ensemble_at_config_time(frames, tmp_path):
     nll = {"energy_loss": {"kind": "nll"}, "forces_loss": {"kind": "nll"}}
     preset = tmp_path / "one.yaml"
