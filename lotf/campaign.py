@@ -47,6 +47,7 @@ class Campaign:
     template: str
     group: str
     sections: dict = field(repr=False)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # files read at build time
 
     def __getitem__(self, section: str) -> Any:
         if section not in self.sections:
@@ -169,7 +170,7 @@ def _changed(row: dict, scale: float | None, sampling: dict | None) -> dict:
 # files a campaign file may name: (section, key); all relative to the project root
 FILE_KEYS = (("reference", "cp2k"), ("reference", "cp2k_no_d3"), ("model", "initial"), ("model", "final"),
              ("exploration", "model"), ("experimental", "density"), ("experimental", "diffusion"),
-             ("truth", "xtb_settings"))
+             ("truth", "xtb_settings"), ("system", "structure"), ("seed", "path"))
 
 
 def files_named(c: Campaign) -> list[str]:
@@ -179,11 +180,64 @@ def files_named(c: Campaign) -> list[str]:
     return files + list((c.sections.get("seed") or {}).get("topologies", []))
 
 
+@dataclass
+class Structure:
+    """A campaign's ``system.structure`` file as read at build time: its last frame (the box a
+    seed starts from) and its molecules (bond graph) by Hill formula, in order of appearance."""
+
+    path: str
+    atoms: Any = field(repr=False)
+    species: dict[str, int]
+
+
+def read_box(path: str, where: str, what: str = "structure", root: str | Path = ".") -> Any:
+    """The last frame of ``root/path`` (read like :class:`lotf.nodes.frames.LoadFrames` reads it),
+    failing in one line naming ``where`` and the file when it is unreadable, empty or has no cell."""
+    from lotf.reference.labelling import read_frames
+
+    if not (Path(root) / path).is_file():
+        raise CampaignError(f"{where}: {what} file not found: {path}")
+    try:
+        frames = read_frames(Path(root) / path)
+    except (ValueError, FileNotFoundError) as err:
+        message = str(err).strip().splitlines()[0].removeprefix(f"{Path(root) / path}: ")
+        raise CampaignError(f"{where}: {what} file {path}: {message}") from None
+    if not frames:
+        raise CampaignError(f"{where}: {what} file {path}: no structures in it")
+    atoms = frames[-1]
+    if atoms.cell.rank < 3 or not atoms.cell.volume > 0:
+        raise CampaignError(f"{where}: {what} file {path}: the cell is missing (a periodic box needs its cell "
+                            "vectors: CRYST1 in PDB, Lattice= in extended XYZ)")
+    atoms.pbc = True
+    return atoms
+
+
+def structure(c: Campaign, root: str | Path = ".") -> Structure | None:
+    """``system.structure`` of ``c`` read from the project ``root`` (once; later calls reuse it),
+    or None when the system is given as SMILES."""
+    path = (c.sections.get("system") or {}).get("structure")
+    if path is None:
+        return None
+    cached = c.cache.get("structure")
+    if cached is not None and cached.path == path:
+        return cached
+    from lotf.reference.structures import species
+
+    atoms = read_box(path, c.where("system"), root=root)
+    found = Structure(path=path, atoms=atoms, species=species(atoms))
+    c.cache["structure"] = found
+    return found
+
+
 def elements(c: Campaign) -> list[str]:
-    """The chemical elements of the system's molecules (from their SMILES, hydrogens included)."""
+    """The chemical elements of the system's molecules (from their SMILES, hydrogens included, or
+    from the structure file)."""
     from rdkit import Chem
 
     system, found = c.sections.get("system") or {}, set()
+    box = structure(c)
+    if box is not None:
+        found |= set(box.atoms.get_chemical_symbols())
     for key in ("cation", "anion", "molecule"):
         if key in system:
             molecule = Chem.MolFromSmiles(system[key]["smiles"])
@@ -204,6 +258,10 @@ def check_campaign(c: Campaign, root: str | Path = ".") -> None:
     for path in (c.sections.get("seed") or {}).get("topologies", []):
         if not (Path(root) / path).is_file():
             raise CampaignError(f"{c.where('seed')}: topologies file not found: {path}")
+    structure(c, root)  # readable, with a cell
+    seed = c.sections.get("seed") or {}
+    if seed.get("kind") == "file" and "path" in seed:
+        read_box(seed["path"], c.where("seed"), "path", root)
     from lotf.reference import cp2k
 
     reference = c.sections.get("reference") or {}
@@ -222,7 +280,8 @@ def check_campaign(c: Campaign, root: str | Path = ".") -> None:
 
 # --------------------------------------------------------------------------- schema check
 # The subset of JSON Schema the shipped schema uses: type, properties, additionalProperties,
-# required, enum, items, minimum, exclusiveMinimum, pattern, $ref (to #/$defs/...). Written here
+# required, enum, items, minimum, exclusiveMinimum, pattern, $ref (to #/$defs/...) and
+# dependentSchemas whose properties are false (keys that exclude each other). Written here
 # rather than taken from the jsonschema package, which is not a dependency of lotf, and so that a
 # problem reads as one line naming the row.
 
@@ -301,6 +360,10 @@ def _check(value: Any, node: dict, root: dict, where: str, path: list[str]) -> N
         for key in node.get("required", []):
             if key not in value:
                 _fail(where, path, f"missing key '{key}'")
+        for trigger, rule in node.get("dependentSchemas", {}).items():  # only keys excluded by a trigger key
+            for key, allowed in (rule.get("properties", {}) if trigger in value else {}).items():
+                if allowed is False and key in value:
+                    _fail(where, path, f"'{key}' and '{trigger}' exclude each other ({rule.get('description', '')})")
     if isinstance(value, list) and "items" in node:
         for k, item in enumerate(value):
             label = str(item["name"]) if isinstance(item, dict) and isinstance(item.get("name"), str) else str(k)

@@ -24,22 +24,28 @@ NVT (without the uncertainty stop) and NPT, compared side by side (README "Groun
 
 Every MD and FIRE pool is screened before selection with the row's ``screening`` (close contacts;
 ``intact_molecules`` against the seed's molecules).
+
+The system is either SMILES (``system.cation``, ``system.anion``, ``pairs``) or a structure file
+(``system.structure``: a periodic box of the two ions in equal numbers, read by ``LoadFrames``): the
+xTB seed then starts from the file's box instead of a Packmol one, and the molecules that the
+conformer rows and the production pack are the file's molecules (bond graph), named by their
+Hill formulas. ``seed.kind: file`` takes the seed frames from a trajectory file (``seed.path``).
 """
 
 from __future__ import annotations
 
 import zntrack
 
-from lotf.campaign import Campaign
+from lotf.campaign import Campaign, structure
 from lotf.nodes import MaxDistSelection, RandomSelection, TrainModel
 from lotf.nodes.analysis import (RDF, ArrheniusPlot, BoxSizeExtrapolation, Density, DensityComparison, Diffusion,
                                  Dihedrals, ExplorationMetrics, PredictionMetrics)
 from lotf.nodes.d3 import RecomputeD3
-from lotf.nodes.frames import FilterOutliers, MergeFrames
+from lotf.nodes.frames import FilterOutliers, LoadFrames, MergeFrames
 from lotf.nodes.production import ProductionMD
 from lotf.nodes.reference import ReferenceMD
 from lotf.nodes.sampling import GeometryOptimisation, MDSampling
-from lotf.nodes.seed import GromacsSeed, PackBox, SmilesConformers, VolumeScan
+from lotf.nodes.seed import GromacsSeed, PackBox, SmilesConformers, StructureMolecules, VolumeScan
 from lotf.nodes.validation import ReferenceComparison, ReferenceDensity
 from stages.common import (DEFAULT_SCREENING, BuildError, CampaignState, as_sources, check_row, labeller,
                            learning_step, report)
@@ -100,17 +106,31 @@ def check_rows(c: Campaign, rows: list[dict]) -> None:
             check_row(where, {"name": f"{row['name']} sampler {k}", **sampler}, starts=STARTS, label="")
 
 
+SEED_KEYS = {"gromacs": ("density", "temperature", "steps", "interval"), "xtb": ("temperature", "steps", "interval"),
+             "file": ("path",)}
+
+
 def check(c: Campaign) -> None:
     """Everything a build needs from the file, checked before any node is made."""
-    c.require("system", "cation", "anion", "pairs", "packing_density")
-    seed = c.require("seed", "kind", "density", "temperature", "steps", "interval", "n_test", "n_validation",
-                     "n_train", "n_maxdist")
-    if seed["kind"] == "gromacs":
+    box = structure(c)  # system.structure, read (once) from the project; None for SMILES
+    if box:
+        c.require("system", "packing_density")
+    else:
+        c.require("system", "cation", "anion", "pairs", "packing_density")
+    kind = c.require("seed", "kind")["kind"]
+    if kind not in SEED_KEYS:
+        raise BuildError(f"{c.where('seed')}: unknown kind '{kind}' (known: {', '.join(SEED_KEYS)})")
+    needs = SEED_KEYS[kind] + (("density",) if kind == "xtb" and not box else ())
+    seed = c.require("seed", "kind", *needs, "n_test", "n_validation", "n_train", "n_maxdist")
+    if kind == "gromacs":
+        if box:
+            raise BuildError(f"{c.where('seed')}: kind gromacs packs its own box from system.cation and "
+                             "system.anion; with system.structure use kind xtb or file")
         for ion in ("cation", "anion"):
             if "gromacs" not in c["system"][ion]:
                 raise BuildError(f"{c.where('system', ion)}: missing key 'gromacs' (seed kind gromacs)")
-    elif seed["kind"] != "xtb":
-        raise BuildError(f"{c.where('seed')}: unknown kind '{seed['kind']}' (known: gromacs, xtb)")
+    if box:
+        _check_structure(c, box, seed)
     model = c.require("model", "initial", "final", "final_models", "final_variants")
     c.require("geo_opt", "fmax", "max_steps", "max_frames")
     check_rows(c, c.iterations)
@@ -144,6 +164,28 @@ def check(c: Campaign) -> None:
         c.require("exploration", "model", "n_train", "steps", "rate", "group", "erbs_interval")
 
 
+def _check_structure(c: Campaign, box, seed: dict) -> None:
+    """A structure-file system: two species (bond graph) in equal numbers, no ``seed.density``
+    (the seed starts from the file's box), and ``com:`` diffusion groups that name its molecules."""
+    found = ", ".join(f"{formula} x {n}" for formula, n in box.species.items())
+    if len(box.species) != 2 or len(set(box.species.values())) != 1:
+        raise BuildError(f"{c.where('system')}: structure file {box.path}: the ionic_liquid template needs "
+                         f"two species (cation and anion) in equal numbers, found {found} (bond graph)")
+    if seed["kind"] == "xtb" and "density" in seed:
+        raise BuildError(f"{c.where('seed')}: 'density' is not used with system.structure (the seed starts "
+                         f"from the box of {box.path}); remove it")
+    for group in (c.get("production") or {}).get("diffusion_groups", []):
+        if group.startswith("com:") and group != "com:*" and group[4:] not in box.species:
+            raise BuildError(f"{c.where('production', 'diffusion_groups')}: '{group}' names no molecule of "
+                             f"{box.path} (found {found})")
+
+
+def _pairs(c: Campaign) -> int:
+    """Ion pairs: ``system.pairs``, or the structure file's number of each ion."""
+    box = structure(c)
+    return next(iter(box.species.values())) if box else c["system"]["pairs"]
+
+
 def _check_oracle(c: Campaign) -> None:
     """The oracle profile: a force-field reference, the truth runs and the final model's runs."""
     model = c["model"]
@@ -175,16 +217,23 @@ def _labels(c: Campaign) -> dict:
             "dft": labeller({"cp2k": ref.get("cp2k_no_d3", ref["cp2k"]), **run})}
 
 
-def _seed(c: Campaign):
-    """The classical seed trajectory: GROMACS OPLS-AA, or GFN-xTB MD (``seed.kind: xtb``)."""
+def _seed(c: Campaign, box: LoadFrames | None):
+    """The classical seed trajectory: GROMACS OPLS-AA, GFN-xTB MD (``seed.kind: xtb``; from the
+    structure file's box ``box`` when the system is one) or a trajectory file (``seed.kind: file``)."""
     s, system = c["seed"], c["system"]
-    cation, anion, pairs = system["cation"], system["anion"], system["pairs"]
+    if s["kind"] == "file":
+        return LoadFrames(file=s["path"], name="SeedFrames")
     if s["kind"] == "xtb":
-        from lotf.nodes.seed import XTBSeed  # imported here: only xTB-seeded campaigns need it
+        from lotf.nodes.seed import XTBSeed, XTBStructureSeed  # imported here: only xTB-seeded campaigns need it
 
         extra = {key: s[key] for key in ("timestep", "seed", "method") if key in s}
+        if box is not None:
+            return XTBStructureSeed(data=box.frames, charge=system.get("charge", 0), temperature=s["temperature"],
+                                    n_steps=s["steps"], interval=s["interval"], **extra)
+        cation, anion, pairs = system["cation"], system["anion"], system["pairs"]
         return XTBSeed(smiles=[cation["smiles"], anion["smiles"]], count=[pairs, pairs], density=s["density"],
                        temperature=s["temperature"], n_steps=s["steps"], interval=s["interval"], **extra)
+    cation, anion, pairs = system["cation"], system["anion"], system["pairs"]
     extra = {"topologies": s["topologies"]} if "topologies" in s else {}
     return GromacsSeed(species={cation["gromacs"]: pairs, anion["gromacs"]: pairs}, density=s["density"],
                        temperature=s["temperature"], n_steps=s["steps"], timestep=s.get("timestep", 1.0),
@@ -197,7 +246,8 @@ def build(project: zntrack.Project, c: Campaign) -> None:
     labels = _labels(c)
 
     with project.group(group, "classical"):
-        seed = _seed(c)
+        box = LoadFrames(file=c["system"]["structure"], name="Structure") if structure(c) else None
+        seed = _seed(c, box)
         labelled = labels["dft-d3"](seed.frames)
         clean = FilterOutliers(data=labelled.frames, threshold=s.get("outlier_threshold", 3.0))
         test = RandomSelection(data=clean.frames, n_configurations=s["n_test"], seed=1234, name="TestSet")
@@ -225,7 +275,7 @@ def build(project: zntrack.Project, c: Campaign) -> None:
         kind = row.get("kind", "sampling")
         with project.group(group, row["name"]):
             if kind == "conformers":
-                sources["conformers"] = _conformers(c, row, state, labels["dft-d3"])
+                sources["conformers"] = _conformers(c, row, state, labels["dft-d3"], box)
                 continue
             if kind == "volume_scan":
                 sources["volume_scan"] = _volume_scan(c, row, state, sources, labels["dft-d3"], seed=k)
@@ -259,7 +309,7 @@ def build(project: zntrack.Project, c: Campaign) -> None:
         # three-body D3 out at its 15.9 Å cutoff needs ~5e7 triangles for 120 atoms)
         test_no_d3 = labels["dft"](test.frames, name="TestSetDFT") if no_d3 else None
         report(state, test, test_no_d3, no_d3)
-    _production(project, c, finals[0])
+    _production(project, c, finals[0], box)
     if "exploration" in c.sections:
         _exploration(project, c, finals, seed)
 
@@ -274,18 +324,23 @@ def _start(c: Campaign, row: dict, state: CampaignState, sources: dict):
     return sources[name]
 
 
-def _ions(c: Campaign, n_conformers: int, seed: int) -> tuple[SmilesConformers, SmilesConformers]:
-    """RDKit conformers of the cation and the anion (nodes named after them)."""
+def _ions(c: Campaign, n_conformers: int, seed: int, box: LoadFrames | None = None) -> tuple:
+    """RDKit conformers of the cation and the anion (nodes named after them), or with a structure
+    file ``box`` its molecules of each species (at most ``n_conformers``, nodes named by formula)."""
+    if box is not None:
+        return tuple(StructureMolecules(data=box.frames, formula=formula, n_molecules=n_conformers, name=formula)
+                     for formula in structure(c).species)
     cation, anion = c["system"]["cation"], c["system"]["anion"]
     return (SmilesConformers(smiles=cation["smiles"], n_conformers=n_conformers, seed=seed, name=cation["name"]),
             SmilesConformers(smiles=anion["smiles"], n_conformers=n_conformers, seed=seed, name=anion["name"]))
 
 
-def _conformers(c: Campaign, row: dict, state: CampaignState, label) -> PackBox:
+def _conformers(c: Campaign, row: dict, state: CampaignState, label, box: LoadFrames | None = None) -> PackBox:
     """Boxes of ``system.pairs`` ion pairs packed at ``options.density`` from RDKit conformers
-    (seed 1 ML11), all labelled and added to the training set (the next model sees them)."""
-    o, pairs, m = row["options"], c["system"]["pairs"], c["model"]
-    cation, anion = _ions(c, o["n_conformers"], seed=42)
+    (seed 1 ML11; a structure file's molecules instead), all labelled and added to the training set
+    (the next model sees them)."""
+    o, pairs, m = row["options"], _pairs(c), c["model"]
+    cation, anion = _ions(c, o["n_conformers"], seed=42, box=box)
     boxes = PackBox(data=[cation.frames, anion.frames], count=[pairs, pairs],
                     density=o.get("density", c["system"]["packing_density"]), n_configurations=row["n_select"],
                     seed=42)
@@ -405,7 +460,8 @@ def _final_models(project: zntrack.Project, c: Campaign, state: CampaignState,
     return models, sets
 
 
-def _production(project: zntrack.Project, c: Campaign, models: dict[str, TrainModel]) -> None:
+def _production(project: zntrack.Project, c: Campaign, models: dict[str, TrainModel],
+                box: LoadFrames | None = None) -> None:
     """Seed 1 "Production simulations": NVT for RDFs, diffusion and dihedrals; NPT for densities.
     The boxes are compressed to the experimental density table's value at T when the file names
     one (read when each stage runs), else to ``production.density``."""
@@ -416,7 +472,7 @@ def _production(project: zntrack.Project, c: Campaign, models: dict[str, TrainMo
               else {"density": q.get("density")})
     observed = {"experimental": experimental.get("density")}  # Density, DensityComparison
     with project.group(group, "production"):
-        cation, anion = _ions(c, q["n_conformers"], seed=7)
+        cation, anion = _ions(c, q["n_conformers"], seed=7, box=box)
 
     packed: dict[int, PackBox] = {}
     boxes: dict[int, GeometryOptimisation] = {}

@@ -265,3 +265,75 @@ class XTBSeed(_FramesNode):
             "s_per_step": wall / self.n_steps,
             "temperature_mean": float(np.mean([a.info["temperature"] for a in frames])) if frames else float("nan"),
         }
+
+
+class XTBStructureSeed(_FramesNode):
+    """:class:`XTBSeed` from a given box instead of a Packmol one (a campaign's ``system.structure``).
+
+    Signature (``data``: frames, e.g. ``LoadFrames(file=...).frames``; the rest ZnTrack params)::
+
+        XTBStructureSeed(data: list[Atoms], temperature: float, n_steps: int, data_id: int = -1,
+                         charge: int = 0, timestep: float = 0.5, interval: int = 10, seed: int = 42,
+                         method: str = "GFN1-xTB")
+
+    Frame `data_id` of `data` (periodic, with a cell) with total charge `charge`: FIRE-relaxed
+    with xTB, then the Langevin NVT run of :class:`XTBSeed` (same outputs, metrics and checkpoint).
+    See :func:`lotf.reference.xtb.xtb_seed_from`.
+    """
+
+    data: list = zntrack.deps()
+    temperature: float = zntrack.params()
+    n_steps: int = zntrack.params()
+    data_id: int = zntrack.params(-1)
+    charge: int = zntrack.params(0)
+    timestep: float = zntrack.params(0.5)
+    interval: int = zntrack.params(10)
+    seed: int = zntrack.params(42)
+    method: str = zntrack.params("GFN1-xTB")
+
+    metrics: dict = zntrack.metrics()
+
+    def run(self) -> None:
+        import logging
+
+        from lotf.nodes.frames import flatten
+        from lotf.reference import xtb
+
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        atoms = _pick(flatten(self.data), [self.data_id], "XTBStructureSeed.data_id")[0]
+        checkpoint = pathlib.Path(self.nwd) / "checkpoint.traj"
+        start = time.perf_counter()
+        frames = xtb.xtb_seed_from(atoms, self.temperature, self.n_steps, self.timestep, self.interval, self.seed,
+                                   self.method, self.charge, checkpoint=checkpoint)
+        wall = time.perf_counter() - start
+        self._write(frames)
+        checkpoint.unlink(missing_ok=True)
+        checkpoint.with_suffix(".json").unlink(missing_ok=True)
+        self.metrics = {
+            "n_frames": len(frames),
+            "wall_s": wall,
+            "s_per_step": wall / self.n_steps,
+            "temperature_mean": float(np.mean([a.info["temperature"] for a in frames])) if frames else float("nan"),
+        }
+
+
+class StructureMolecules(_FramesNode):
+    """The molecules of one Hill ``formula`` in a box (bond graph, ASE covalent radii x 1.2), each
+    made whole and written as a non-periodic structure: a stand-in for :class:`SmilesConformers`
+    when a campaign's system is a structure file (the "conformers" :class:`PackBox` draws from).
+    At most ``n_molecules`` (the first ones in the box); frame ``data_id`` of ``data``."""
+
+    data: list = zntrack.deps()
+    formula: str = zntrack.params()
+    n_molecules: int = zntrack.params(1)
+    data_id: int = zntrack.params(-1)
+
+    def run(self) -> None:
+        from lotf.nodes.frames import flatten
+
+        atoms = _pick(flatten(self.data), [self.data_id], "StructureMolecules.data_id")[0]
+        molecules = [m for m in structures.split_molecules(atoms) if m.get_chemical_formula(mode="hill") == self.formula]
+        if not molecules:
+            raise ValueError(f"StructureMolecules: no molecule {self.formula} in the structure")
+        self._write(molecules[: self.n_molecules])

@@ -352,3 +352,26 @@ def bootstrap(
         new.info.update(bootstrap_index=k, bootstrap_seed=int(seed))
         frames.append(new)
     return frames
+
+
+def split_molecules(atoms: ase.Atoms, mult: float = 1.2) -> list[ase.Atoms]:
+    """Every molecule of a (periodic) structure, made whole, as a non-periodic Atoms centred at
+    the origin, in the order of their first atoms (molecules from the covalent bond graph)."""
+    positions, mol = unwrap_molecules(atoms, mult) if atoms.pbc.any() else (atoms.positions, molecule_ids(atoms, mult))
+    out = []
+    labels, first = np.unique(mol, return_index=True)
+    for label in labels[np.argsort(first)]:  # in the order of their first atoms
+        index = np.nonzero(mol == label)[0]
+        molecule = ase.Atoms(atoms.numbers[index], positions[index])
+        molecule.positions -= molecule.get_center_of_mass()
+        out.append(molecule)
+    return out
+
+
+def species(atoms: ase.Atoms, mult: float = 1.2) -> dict[str, int]:
+    """Molecule counts by Hill formula, in the order the formulas first appear."""
+    counts: dict[str, int] = {}
+    for molecule in split_molecules(atoms, mult):
+        formula = molecule.get_chemical_formula(mode="hill")
+        counts[formula] = counts.get(formula, 0) + 1
+    return counts

@@ -15,6 +15,7 @@ resumed run is statistically, not bitwise, the same). Other inputs start the fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -138,6 +139,51 @@ def xtb_seed(
     key = dict(smiles=smiles, counts=counts, density=density, temperature=temperature,
                timestep=timestep, interval=interval, seed=seed, method=method, tolerance=tolerance,
                relax_steps=relax_steps, fmax=fmax, friction=friction, electronic_temperature=electronic_temperature)
+    return _run(lambda: structures.pack_box(mols, counts, density, tolerance=tolerance, seed=seed, pbc=True), charge,
+                key, temperature, n_steps, timestep, interval, seed, method, relax_steps, fmax, friction,
+                electronic_temperature, checkpoint, log_every)
+
+
+def xtb_seed_from(
+    atoms: ase.Atoms,
+    temperature: float,
+    n_steps: int,
+    timestep: float = 0.5,
+    interval: int = 10,
+    seed: int = 42,
+    method: str = "GFN1-xTB",
+    charge: int = 0,
+    relax_steps: int = 200,
+    fmax: float = 0.1,
+    friction: float = 0.01,
+    electronic_temperature: float = 300.0,
+    checkpoint: str | Path | None = None,
+    log_every: int | None = None,
+) -> list[ase.Atoms]:
+    """:func:`xtb_seed` from a given periodic box (e.g. a user's structure file) instead of a
+    Packmol box: FIRE relaxation, velocities and Langevin NVT as there, total charge `charge`."""
+    if not atoms.pbc.all() or atoms.cell.volume <= 0:
+        raise ValueError("xtb_seed_from: the start structure needs a periodic cell (pbc and a cell with volume)")
+    _check(["-"], [1], 1.0, temperature, n_steps, timestep, interval, method)
+    n_steps, interval, charge = int(n_steps), int(interval), int(charge)
+    electrons = int(atoms.numbers.sum()) - charge
+    if electrons % 2:
+        raise ValueError(f"xtb_seed_from: {electrons} electrons at total charge {charge}: radicals are not supported")
+    start = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=True)
+    key = dict(structure=hashlib.sha256(np.concatenate([start.numbers.astype(float), start.positions.ravel(),
+                                                        start.cell.array.ravel()]).tobytes()).hexdigest(),
+               charge=charge, temperature=temperature, timestep=timestep, interval=interval, seed=seed,
+               method=method, relax_steps=relax_steps, fmax=fmax, friction=friction,
+               electronic_temperature=electronic_temperature)
+    return _run(lambda: start.copy(), charge, key, temperature, n_steps, timestep, interval, seed, method,
+                relax_steps, fmax, friction, electronic_temperature, checkpoint, log_every)
+
+
+def _run(make_box, charge: int, key: dict, temperature, n_steps, timestep, interval, seed, method, relax_steps, fmax,
+         friction, electronic_temperature, checkpoint, log_every) -> list[ase.Atoms]:
+    """FIRE-relax the box ``make_box()`` (or resume from the checkpoint written with ``key``), then the NVT run."""
+    n_steps, interval = int(n_steps), int(interval)
+    log_every = log_every or max(interval, n_steps // 20)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     frames = [f for f in _resume(checkpoint, key) if f.info["step"] <= n_steps]
 
@@ -148,7 +194,7 @@ def xtb_seed(
         log.info("xtb_seed: resuming at step %d with %d frames from %s", start, len(frames), checkpoint)
         atoms.calc = calc
     else:
-        atoms = structures.pack_box(mols, counts, density, tolerance=tolerance, seed=seed, pbc=True)
+        atoms = make_box()
         atoms.calc = calc
         opt = FIRE(atoms, logfile=None)
         converged = opt.run(fmax=fmax, steps=relax_steps)

@@ -77,7 +77,7 @@ def test_a_typo_in_a_row_key_names_the_file_the_row_and_the_key(tmp_path):
     ("\nsystem:\n", "\nsytem:\n", "unknown key 'sytem' (known: campaign, template, group,"),
     ("template: ionic_liquid", "template: ionic_liquids",
      "unknown template 'ionic_liquids' (known: ionic_liquid, liquid_water)"),
-    ("  kind: gromacs\n", "  kind: gromcs\n", "seed: unknown kind 'gromcs' (known: gromacs, xtb, bootstrap)"),
+    ("  kind: gromacs\n", "  kind: gromcs\n", "seed: unknown kind 'gromcs' (known: gromacs, xtb, bootstrap, file)"),
     ("  pairs: 10 ", "  pairs: ten ", "system: 'pairs' must be integer, got 'ten'"),
     ("options: {boxes: 5, points: 100,", "options: {boxes: 5, point: 100,",
      "iterations ML13 options: unknown key 'point' (known: density,"),
