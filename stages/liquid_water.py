@@ -53,6 +53,9 @@ def workflow_rows(c: Campaign) -> dict[str, list[dict]]:
 
 def check(c: Campaign) -> dict[str, list[dict]]:
     """Everything a build needs from the file, checked before any node is made; returns the rows."""
+    if "structure" in (c.sections.get("system") or {}):
+        raise BuildError(f"{c.where('system')}: 'structure' is not supported by the liquid_water template "
+                         f"(it packs 'molecules' copies of 'molecule' at 'density'); use those keys")
     c.require("system", "molecule", "molecules", "density", "temperature")
     seed = c.require("seed", "n_configurations", "n_train", "n_validation", "n_maxdist")
     if seed.get("kind", "bootstrap") != "bootstrap":

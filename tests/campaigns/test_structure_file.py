@@ -270,3 +270,19 @@ def test_xtb_seed_from_needs_a_periodic_box_and_an_even_electron_count():
 
     assert species(box) == {"C6H11N2": 1, "BF4": 1}
     assert [len(m) for m in split_molecules(box)] == [19, 5] and not any(m.pbc.any() for m in split_molecules(box))
+
+
+def test_the_water_template_refuses_a_structure_file_in_one_line(workdir):
+    from stages import liquid_water
+    from stages.common import BuildError
+
+    text = (REPO / "campaigns" / "water.yaml").read_text()
+    system = "system:\n  molecule: {name: Water, smiles: \"O\"}\n  molecules: 32        # in the bootstrap box\n  density: 0.997       # g/cm³ (Packmol)\n"
+    assert system in text
+    path = write(workdir / "water_box.yaml", text.replace(system, f"system:\n  structure: {BOX}\n"))
+    campaign = load_campaign(path, "paper")
+    with pytest.raises(BuildError) as error:
+        liquid_water.check(campaign)
+    assert "\n" not in str(error.value)
+    assert str(error.value) == (f"{path}: system: 'structure' is not supported by the liquid_water template "
+                                "(it packs 'molecules' copies of 'molecule' at 'density'); use those keys")
