@@ -5,7 +5,8 @@ kernel every 10,000 steps; coverage = visited 15° × 15° cells. Runs, in this 
 time budget is spent: MD 300 K, MD 1200 K, ERBS B (ΔE 20, σ 0.05, k 4), ERBS A (ΔE 25, σ 0.1,
 k 10), then one-at-a-time sweeps around B over seed 2's grid, then the rest of the grid. The
 parameters are read in the erbs code's convention by default (ΔE in k_B T, σ the kernel
-variance; README "ERBS benchmark").
+variance; README "ERBS benchmark"); ``--convention reference`` adds the erbs code's kernel
+arithmetic and few-reference projection, ``reference_bessel`` also its earlier Bessel descriptor.
 
 ``duration_ps`` shorter than 80 shortens every run and scales the deposition interval with it,
 so every run still deposits 16 kernels (the interval used is reported).
@@ -51,8 +52,10 @@ def erbs_benchmark(duration_ps: float = 80.0, budget_s: float = 3600.0, conventi
 
     if not duration_ps > 0:
         raise ValueError(f"duration_ps must be > 0, got {duration_ps}")
-    if convention not in ("code", "code_d", "text"):
-        raise ValueError(f"convention must be 'code', 'code_d' or 'text', got {convention!r}")
+    from lotf.nodes.alanine import CONVENTIONS
+
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
     steps = int(round(duration_ps * 1000 / 0.5))
     interval = max(1, int(round(10_000 * duration_ps / 80.0)))
     sampling_rate = max(1, min(sampling_rate, steps))
@@ -112,7 +115,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-ps", type=float, default=80.0)
     parser.add_argument("--budget-s", type=float, default=3600.0)
-    parser.add_argument("--convention", default="code", choices=("code", "code_d", "text"))
+    parser.add_argument("--convention", default="code",
+                        choices=("code", "code_d", "text", "reference", "reference_bessel"))
     parser.add_argument("--max-erbs-runs", type=int, default=None)
     args = parser.parse_args(argv)
     print(json.dumps(erbs_benchmark(args.duration_ps, args.budget_s, args.convention, args.max_erbs_runs)))

@@ -21,6 +21,14 @@ ERBS parameter conventions (``convention``), see the README section "ERBS benchm
   V = (γ-1)/β log(D·P/Z + ε) + ΔE: 0 where nothing was deposited as in lotf, but (γ-1)/β·ln D
   higher in visited regions (the forces of log(P/Z + ε/D)).
 * ``"text"``: as seed 2's text states them: ΔE in eV (whole system), σ a standard deviation.
+* ``"reference"``: as ``"code"``, and every piece of the erbs code's bias arithmetic (HEAD 1684443):
+  the kernel sum P = Σ_k h_k Σ_d exp(−|s − c_k|²/(2 v_kd)) (D-fold, merged kernels keep the summed
+  height with their grown variances, not renormalised), Z = (1/N_ref) Σ_kl exp(−|s_k − s_l|²/(2a))
+  over the *uncompressed* references at the initial variance a, and a random N(0, 1) projection
+  while there are fewer references than k (``few_refs="random"``).
+* ``"reference_bessel"``: as ``"reference"`` with the descriptor the erbs code had from 2024-11-17 to
+  2025-01-22 (apax's Bessel basis, 4 functions, r_max 6 Å, no r_min), whose principal components
+  are ~14x smaller for alanine dipeptide, so that σ = 0.05 … 0.5 is comparable to their spread.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import numpy as np
 import zntrack
 from ase import units
 
-CONVENTIONS = ("code", "code_d", "text")
+CONVENTIONS = ("code", "code_d", "text", "reference", "reference_bessel")
 BIN_DEG = 15.0
 
 
@@ -55,6 +63,36 @@ def _code_kernel_erbs():
     return CodeKernelERBS
 
 
+def _reference_erbs():
+    """ERBS with the erbs code's bias arithmetic (``convention="reference"``, module docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lotf.dynamics.biases import ERBS
+
+    class ReferenceERBS(ERBS):
+        def energy_from_cv(self, state, s, n_atoms):
+            barrier = self.total_barrier(n_atoms)
+            gamma = barrier / self.kT
+            kern = state.kernels
+            valid = jnp.arange(kern.heights.shape[0]) < kern.count
+            var = jnp.where(valid[:, None], kern.variances, 1.0)
+            d2 = jnp.sum((s[None, :] - kern.centers) ** 2, axis=1)  # the code's scalar squared distance
+            t = jnp.log(jnp.where(valid, kern.heights, 1.0))[:, None] - 0.5 * d2[:, None] / var  # (C, D)
+            log_p = jax.scipy.special.logsumexp(jnp.where(valid[:, None], t, -jnp.inf))
+            a = self.bandwidth**2  # the code's `a`, the kernel variance at deposition
+            x = (state.refs - state.mean) @ state.components
+            rvalid = jnp.arange(x.shape[0]) < state.n_refs
+            dd = jnp.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=-1)
+            pair = rvalid[:, None] & rvalid[None, :]
+            log_z = (jax.scipy.special.logsumexp(jnp.where(pair, -0.5 * dd / a, -jnp.inf))
+                     - jnp.log(jnp.maximum(state.n_refs, 1).astype(x.dtype)))
+            log_z = jax.lax.stop_gradient(log_z)
+            return (gamma - 1.0) * self.kT * jnp.logaddexp(log_p - log_z, -gamma / (gamma - 1.0)) + barrier
+
+    return ReferenceERBS
+
+
 def erbs_bias(barrier: float, bandwidth: float, n_components: int, interval: int, convention: str = "code",
               temperature: float = 300.0):
     """lotf's :class:`~lotf.dynamics.biases.ERBS` for a seed-2 (ΔE, σ, k) in the given convention."""
@@ -62,14 +100,18 @@ def erbs_bias(barrier: float, bandwidth: float, n_components: int, interval: int
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
-    cls = _code_kernel_erbs() if convention == "code_d" else ERBS
-    if convention in ("code", "code_d"):
+    cls = {"code_d": _code_kernel_erbs, "reference": _reference_erbs,
+           "reference_bessel": _reference_erbs}.get(convention, lambda: ERBS)()
+    extra = {}
+    if convention.startswith("reference"):
+        extra = dict(few_refs="random", radial_basis="bessel" if convention == "reference_bessel" else "gaussian")
+    if convention != "text":
         barrier_ev = barrier * units.kB * temperature
         sigma = float(np.sqrt(bandwidth))
     else:
         barrier_ev, sigma = barrier, bandwidth
     return cls(temperature=temperature, barrier=float(barrier_ev), per_atom=False, bandwidth=sigma,
-                n_components=int(n_components), interval=int(interval), r_min=1.5, r_max=6.0, n_basis=4)
+               n_components=int(n_components), interval=int(interval), r_min=1.5, r_max=6.0, n_basis=4, **extra)
 
 
 def coverage_curve(phi: np.ndarray, psi: np.ndarray, times_fs: np.ndarray, every_fs: float = 1000.0,
@@ -138,6 +180,7 @@ def run_alanine(method: str = "md", temperature: float = 300.0, steps: int = 160
     dissociated = bool(summary.stopped and summary.stop_reason and "bond" in summary.stop_reason)
     bias = np.array([float(f.calc.results.get("energy_bias", 0.0)) if f.calc is not None else 0.0
                      for f in run.frames])
+    kin_t = np.array([float(f.info["temperature"]) for f in run.frames if "temperature" in f.info])
     out = {
         "method": method, "temperature": float(temperature), "steps": int(steps), "timestep": float(timestep),
         "duration_ps": steps * timestep / 1000.0, "interval": int(interval), "convention": convention,
@@ -152,6 +195,9 @@ def run_alanine(method: str = "md", temperature: float = 300.0, steps: int = 160
         # exceeds k_B T (0 without kernels nearby: OPES-explore's V vanishes where P/Z << ε)
         "bias_mean_ev": float(bias.mean()) if len(bias) else 0.0,
         "bias_active_fraction": float(np.mean(bias > units.kB * temperature)) if len(bias) else 0.0,
+        # kinetic temperature of the frames: a biased run heats up where the thermostat removes the
+        # bias work slower than it is done (weak friction)
+        "temperature_mean_k": float(np.mean(kin_t)) if len(kin_t) else None,
         "coverage_vs_time": coverage_curve(phi, psi, times) if len(phi) else [],
         "phi": phi, "psi": psi,
     }

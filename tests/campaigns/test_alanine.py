@@ -161,3 +161,60 @@ def test_code_kernel_bias_is_zero_when_unexplored_and_higher_by_ln_d_in_visited_
     expected = pre * np.log(d * ratio + eps) + lotf_bias.barrier
     assert float(code_bias.energy_from_cv(state, at, 22)) == pytest.approx(expected, rel=1e-9)
     assert expected - float(lotf_bias.energy_from_cv(state, at, 22)) > 0.5 * pre * np.log(d)
+
+
+def _erbs_code_bias(x, a, barrier, kT, s, thresh=0.4):
+    """The erbs code's OPES-explore bias (HEAD 1684443: BiasState.initialize, kernel.compress,
+    OPESExploreFactory.energy_fn) transcribed in numpy, for projected references x (N, D)."""
+    n, d = x.shape
+    h0 = 1.0 / np.sqrt(2.0 * np.pi * a**2) ** d
+    height, cov = np.full((n, 1), h0), np.full((n, d), a)
+    diff = x[:, None, :] - x[None, :, :]
+    zn = np.sum(height * np.exp(-0.5 * np.einsum("ijd,ijd->ij", diff, diff / cov[:, None, :]))) / n
+    if n > 2:  # kernel.compress
+        gc, covc, hc = [x[0]], [cov[0]], [height[0]]
+        for i in range(1, n):
+            dist = np.sqrt(np.sum((np.array(gc) - x[i]) ** 2 / np.array(covc), axis=1))
+            j = int(np.argmin(dist))
+            if dist[j] >= thresh:
+                gc.append(x[i]), covc.append(cov[i]), hc.append(height[i])
+            else:
+                h1, p1, v1 = hc[j], gc[j], covc[j]
+                h = h1 + height[i]
+                p = (h1 * p1 + height[i] * x[i]) / h
+                covc[j] = (h1 * (v1 + p1**2) + height[i] * (cov[i] + x[i] ** 2)) / h - p**2
+                gc[j], hc[j] = p, h
+        x, cov, height = np.array(gc), np.array(covc), np.array(hc)
+    kde = np.sum(height * np.exp(-np.sum((s - x) ** 2, axis=1)[:, None] / (cov * 2.0)))  # kernel.gaussian
+    gamma = barrier / kT
+    pre = (gamma - 1.0) * kT
+    return pre * np.log(kde / zn + np.exp(-barrier / pre)) + barrier
+
+
+def test_reference_convention_reproduces_the_erbs_code_bias_with_merged_kernels():
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    bias = nodes.erbs_bias(20.0, 0.05, 2, 10, "reference")
+    assert type(bias).__name__ == "ReferenceERBS" and bias.few_refs == "random" and bias.radial_basis == "gaussian"
+    assert nodes.erbs_bias(20.0, 0.05, 2, 10, "reference_bessel").radial_basis == "bessel"
+    rng = np.random.default_rng(3)
+    f = bias.n_features
+    base, u, w = rng.normal(size=f), rng.normal(size=f), rng.normal(size=f)
+    u, w = u / np.linalg.norm(u), w / np.linalg.norm(w)
+    # six references, two of them within 0.4 kernel widths of an earlier one (merged, variances grow)
+    coeffs = [(0, 0), (1.0, 0.2), (0.02, 0.03), (-0.7, 0.9), (1.05, 0.18), (0.3, -0.8)]
+    state = bias.init_state(8)
+    for cu, cw in coeffs:
+        state = bias.deposit(state, jnp.asarray(base + cu * u + cw * w))
+    assert int(state.kernels.count) == 4 and float(jnp.max(state.kernels.heights)) == 2.0
+    x = np.asarray((state.refs[:6] - state.mean) @ state.components)
+    kT = bias.kT
+    for s in (x[0], x[1] + 0.1, x[3] * 0.5, np.array([5.0, -5.0])):
+        expected = _erbs_code_bias(x, 0.05, bias.barrier, kT, s)
+        assert float(bias.energy_from_cv(state, jnp.asarray(s), 22)) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    # lotf's own kernels differ (normalised merged kernels, no D-fold sum, Z over the compressed kernels)
+    plain = nodes.erbs_bias(20.0, 0.05, 2, 10, "code")
+    assert abs(float(plain.energy_from_cv(state, jnp.asarray(x[1] + 0.1), 22))
+               - _erbs_code_bias(x, 0.05, bias.barrier, kT, x[1] + 0.1)) > 1e-3
