@@ -243,28 +243,33 @@ class XTBSeed(_FramesNode):
     metrics: dict = zntrack.metrics()
 
     def run(self) -> None:
-        import logging
-
         from lotf.reference import xtb
 
-        if not logging.getLogger().handlers:  # a `zntrack run` process: show the progress lines
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        checkpoint = pathlib.Path(self.nwd) / "checkpoint.traj"
-        start = time.perf_counter()
-        frames = xtb.xtb_seed(
+        _run_xtb_seed(self, lambda checkpoint: xtb.xtb_seed(
             list(self.smiles), list(self.count), self.density, self.temperature, self.n_steps, self.timestep,
-            self.interval, self.seed, self.method, checkpoint=checkpoint,
-        )
-        wall = time.perf_counter() - start
-        self._write(frames)
-        checkpoint.unlink(missing_ok=True)
-        checkpoint.with_suffix(".json").unlink(missing_ok=True)
-        self.metrics = {
-            "n_frames": len(frames),
-            "wall_s": wall,
-            "s_per_step": wall / self.n_steps,
-            "temperature_mean": float(np.mean([a.info["temperature"] for a in frames])) if frames else float("nan"),
-        }
+            self.interval, self.seed, self.method, checkpoint=checkpoint))
+
+
+def _run_xtb_seed(node, simulate) -> None:
+    """Run ``simulate(checkpoint) -> frames`` for an xTB seed node: progress lines, the resumable
+    checkpoint in the node directory (deleted when done), frames and metrics."""
+    import logging
+
+    if not logging.getLogger().handlers:  # a `zntrack run` process: show the progress lines
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    checkpoint = pathlib.Path(node.nwd) / "checkpoint.traj"
+    start = time.perf_counter()
+    frames = simulate(checkpoint)
+    wall = time.perf_counter() - start
+    node._write(frames)
+    checkpoint.unlink(missing_ok=True)
+    checkpoint.with_suffix(".json").unlink(missing_ok=True)
+    node.metrics = {
+        "n_frames": len(frames),
+        "wall_s": wall,
+        "s_per_step": wall / node.n_steps,
+        "temperature_mean": float(np.mean([a.info["temperature"] for a in frames])) if frames else float("nan"),
+    }
 
 
 class XTBStructureSeed(_FramesNode):
@@ -294,28 +299,13 @@ class XTBStructureSeed(_FramesNode):
     metrics: dict = zntrack.metrics()
 
     def run(self) -> None:
-        import logging
-
         from lotf.nodes.frames import flatten
         from lotf.reference import xtb
 
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         atoms = _pick(flatten(self.data), [self.data_id], "XTBStructureSeed.data_id")[0]
-        checkpoint = pathlib.Path(self.nwd) / "checkpoint.traj"
-        start = time.perf_counter()
-        frames = xtb.xtb_seed_from(atoms, self.temperature, self.n_steps, self.timestep, self.interval, self.seed,
-                                   self.method, self.charge, checkpoint=checkpoint)
-        wall = time.perf_counter() - start
-        self._write(frames)
-        checkpoint.unlink(missing_ok=True)
-        checkpoint.with_suffix(".json").unlink(missing_ok=True)
-        self.metrics = {
-            "n_frames": len(frames),
-            "wall_s": wall,
-            "s_per_step": wall / self.n_steps,
-            "temperature_mean": float(np.mean([a.info["temperature"] for a in frames])) if frames else float("nan"),
-        }
+        _run_xtb_seed(self, lambda checkpoint: xtb.xtb_seed_from(
+            atoms, self.temperature, self.n_steps, self.timestep, self.interval, self.seed, self.method,
+            self.charge, checkpoint=checkpoint))
 
 
 class StructureMolecules(_FramesNode):
