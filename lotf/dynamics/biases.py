@@ -318,22 +318,9 @@ class ERBS:
         Casting the vectors (not unit vectors and distances computed in float64) matters: the
         mixed-precision gradient was 3x slower on CPU (XLA), see the benchmark notes.
         """
-        if self.dtype == "float64":
-            return gm.averaged_descriptor(graph, n_basis=self.n_basis, r_min=self.r_min, r_max=self.r_max,
-                                          contractions=self.contractions, basis=self.radial_basis)[0]
-        vec, _ = gm.pair_geometry(graph)
-        vec = vec.astype(jnp.float32)
-        dist = jnp.sqrt(jnp.sum(vec * vec, axis=-1))
-        unit = vec / dist[..., None]
-        if self.radial_basis == "bessel":  # apax's BesselBasis: b_n = 1 (lotf's bessel_basis normalises)
-            n = jnp.arange(self.n_basis, dtype=dist.dtype)
-            radial = gm.bessel_basis(dist, self.n_basis, self.r_max) * jnp.sqrt((n + 1) ** 2 + (n + 2) ** 2) / ((n + 1) * (n + 2))
-        else:
-            radial = gm.gaussian_basis(dist, self.n_basis, self.r_min, self.r_max)
-        radial = radial * (gm.cosine_cutoff(dist, self.r_max) * graph.pair_mask)[..., None]
-        feats = gm.contract(*gm.moments(radial, unit), self.contractions).astype(jnp.float64)
-        first = (graph.structure == 0) & graph.atom_mask
-        return jnp.sum(feats * first[:, None], axis=0) / jnp.maximum(jnp.sum(first), 1)
+        dtype = jnp.float32 if self.dtype == "float32" else None
+        return gm.averaged_descriptor(graph, n_basis=self.n_basis, r_min=self.r_min, r_max=self.r_max,
+                                      contractions=self.contractions, basis=self.radial_basis, dtype=dtype)[0]
 
     def init_state(self, capacity: int, aux: np.ndarray | None = None) -> ERBSState:
         """Empty bias with room for ``capacity`` depositions; ``aux`` (A, F) only feeds the PCA."""

@@ -147,16 +147,18 @@ def pair_geometry(graph, dtype=None) -> tuple[jax.Array, jax.Array]:
 
 def averaged_descriptor(graph, *, n_basis: int = 4, r_min: float = 1.1, r_max: float = 6.0,
                         contractions: tuple[int, ...] = tuple(range(N_CONTRACTIONS)),
-                        basis: str = "gaussian") -> jax.Array:
+                        basis: str = "gaussian", dtype=None) -> jax.Array:
     """Element-blind Gaussian moments averaged over the real atoms of each structure, (B, F).
 
     No learned coefficients: the raw radial basis (R = n_basis) times the cosine cutoff. This
     is the ERBS collective-variable input; r_min is honoured (the reference hard-codes 1.5 Å).
     ``basis`` "gaussian" (default; erbs since 2025-01-22) or "bessel": apax's BesselBasis as the
     erbs code used it from 2024-11-17 to 2025-01-22 (no r_min, and apax's normalisation b_n = 1,
-    i.e. :func:`bessel_basis` times (n+1)(n+2)/sqrt((n+1)^2+(n+2)^2) undone).
+    i.e. :func:`bessel_basis` times (n+1)(n+2)/sqrt((n+1)^2+(n+2)^2) undone). ``dtype`` (e.g.
+    float32): pair vectors formed in the positions' precision, then distances, basis, moments and
+    contractions in ``dtype`` (see :func:`pair_geometry`); the average is float64.
     """
-    vec, dist = pair_geometry(graph)
+    vec, dist = pair_geometry(graph, dtype)
     if basis == "gaussian":
         raw = gaussian_basis(dist, n_basis, r_min, r_max)
     elif basis == "bessel":
@@ -165,7 +167,7 @@ def averaged_descriptor(graph, *, n_basis: int = 4, r_min: float = 1.1, r_max: f
     else:
         raise ValueError(f"averaged_descriptor basis must be 'gaussian' or 'bessel', got {basis!r}")
     radial = raw * (cosine_cutoff(dist, r_max) * graph.pair_mask)[..., None]
-    feats = contract(*moments(radial, vec / dist[..., None]), contractions)
+    feats = contract(*moments(radial, vec / dist[..., None]), contractions).astype(jnp.float64)
     weights = graph.atom_mask.astype(feats.dtype)
     n_structures = graph.cells.shape[0]
     total = jax.ops.segment_sum(feats * weights[:, None], graph.structure, num_segments=n_structures)
