@@ -137,8 +137,8 @@ def _truth(project: zntrack.Project, c: Campaign, box, molecule, label) -> dict:
     """The reference's own MD: a test set at several temperatures (never the campaign's data) and
     the 300 K truth run with its RDF and diffusion. The test set comes from the training box's
     size; the truth run (and the models' production from its last frame) from a box of
-    ``production.molecules`` when that differs (32 waters with a 4.8 Å cutoff gave D_ref between
-    129 and 304 Å²/ns in three 40 ps runs, 64 waters with 6 Å 215 and 220: README "Ground truth")."""
+    ``production.molecules`` when that differs (with the 4.8 Å cutoff, three 40 ps runs of 32
+    waters gave D_ref 129 to 304 Å²/ns, two of 64 waters 185 and 247: README "Ground truth")."""
     t, q, ff, system = c["truth"], c["production"], c["reference"], c["system"]
     temperature = system["temperature"]
     md = dict(forcefield=ff["forcefield"], cutoff=ff.get("cutoff"), timestep=TIMESTEP, interval=t["interval"])

@@ -107,3 +107,23 @@ def test_paper_production_follows_seed_1_and_seed_2():
     assert trend["reference"] == 241.0 and trend["series"].count("erbs") == trend["series"].count("md") == 11
     water = params["water_production_erbs_AL10_NVT300K"]
     assert water["steps"] * water["timestep"] == 5e6 and water["temperature"] == 300.0
+
+
+def test_validation_truth_and_production_use_their_own_larger_box(tmp_path):
+    # 32-water truth runs are no truth (D_ref 118-304 Å²/ns between runs): the validation profile
+    # trains on 32-water boxes but runs the reference's NVT, and the models' production from its
+    # last frame, in a 64-water box equilibrated by the reference
+    import yaml
+
+    project = fresh_project(tmp_path / "v")
+    run = lotf("build", "water", "--profile", "validation", cwd=project)
+    assert run.returncode == 0, run.stderr
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["water_reference_TruthBox"]["count"] == [64]
+    assert "nodes/water/reference/TruthEquilibrated/frames.h5" in stages["water_reference_NVT300K"]["deps"]
+    assert "nodes/water/reference/NVT300K/frames.h5" in stages["water_production_md_AL3_NVT300K"]["deps"]
+    # the test set still comes from the training boxes (32 waters)
+    assert "nodes/water/bootstrap/Equilibrated/frames.h5" in stages["water_reference_Test300K"]["deps"]
+    assert "water_reference_TruthBox" not in yaml.safe_load(
+        (REPO / "tests" / "campaigns" / "snapshots" / "water-oracle.json").read_text()).get("params", {})
