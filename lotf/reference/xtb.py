@@ -131,9 +131,7 @@ def xtb_seed(
         except ValueError as err:
             raise ValueError(f"xtb_seed: cannot parse SMILES {s!r}") from err
     charge = int(round(sum(m.get_initial_charges().sum() * n for m, n in zip(mols, counts))))
-    electrons = sum(int(m.numbers.sum()) * n for m, n in zip(mols, counts)) - charge
-    if electrons % 2:
-        raise ValueError(f"xtb_seed: {electrons} electrons at total charge {charge}: radicals are not supported")
+    _closed_shell(sum(int(m.numbers.sum()) * n for m, n in zip(mols, counts)), charge, "xtb_seed")
 
     # n_steps is left out so that a longer rerun extends the run already on disk
     key = dict(smiles=smiles, counts=counts, density=density, temperature=temperature,
@@ -166,9 +164,7 @@ def xtb_seed_from(
         raise ValueError("xtb_seed_from: the start structure needs a periodic cell (pbc and a cell with volume)")
     _check(["-"], [1], 1.0, temperature, n_steps, timestep, interval, method)
     n_steps, interval, charge = int(n_steps), int(interval), int(charge)
-    electrons = int(atoms.numbers.sum()) - charge
-    if electrons % 2:
-        raise ValueError(f"xtb_seed_from: {electrons} electrons at total charge {charge}: radicals are not supported")
+    _closed_shell(int(atoms.numbers.sum()), charge, "xtb_seed_from")
     start = ase.Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=True)
     key = dict(structure=hashlib.sha256(np.concatenate([start.numbers.astype(float), start.positions.ravel(),
                                                         start.cell.array.ravel()]).tobytes()).hexdigest(),
@@ -177,6 +173,13 @@ def xtb_seed_from(
                electronic_temperature=electronic_temperature)
     return _run(lambda: start.copy(), charge, key, temperature, n_steps, timestep, interval, seed, method,
                 relax_steps, fmax, friction, electronic_temperature, checkpoint, log_every)
+
+
+def _closed_shell(nuclear_charge: int, charge: int, who: str) -> None:
+    """Refuse an odd electron count (the seeds run closed-shell xTB)."""
+    electrons = nuclear_charge - charge
+    if electrons % 2:
+        raise ValueError(f"{who}: {electrons} electrons at total charge {charge}: radicals are not supported")
 
 
 def _run(make_box, charge: int, key: dict, temperature, n_steps, timestep, interval, seed, method, relax_steps, fmax,
