@@ -136,3 +136,16 @@ def strained_atoms(atoms: Atoms, strain: np.ndarray) -> Atoms:
     out.positions = atoms.positions @ deform
     out.cell = atoms.cell.array @ deform
     return out
+
+
+def descriptors_in_both_precisions(atoms, **erbs_options):
+    """The ERBS descriptor of ``atoms`` with ``dtype`` float64 and float32: (g64, g32, ERBS64)."""
+    from lotf.dynamics.biases import ERBS
+
+    e64 = ERBS(dtype="float64", **erbs_options)
+    ev = Evaluator(lj_forcefield(bias=e64), atoms)
+    args = (jnp.asarray(atoms.positions), jnp.asarray(atoms.cell.array), ev.lists(atoms))
+    g64 = np.asarray(jax.jit(ev.ff.erbs_descriptor)(*args))
+    ff32 = lj_forcefield(bias=ERBS(dtype="float32", **erbs_options))
+    ff32.setup(atoms, need_stress=False)
+    return g64, np.asarray(jax.jit(ff32.erbs_descriptor)(*args)), e64

@@ -20,7 +20,8 @@ from lotf.dynamics.biases import (
 )
 from lotf.dynamics.potential import ForceField, JaxBase
 from lotf.potential.calculator import EnergyTerm
-from tests.dynamics.helpers import RC, Evaluator, argon_fcc, lj_forcefield, nonlinear_ensemble_fn, strained_atoms
+from tests.dynamics.helpers import (RC, Evaluator, argon_fcc, descriptors_in_both_precisions, lj_forcefield,
+                                    nonlinear_ensemble_fn, strained_atoms)
 
 H = 1e-5  # finite-difference step (Å and strain), float64 central differences
 
@@ -292,15 +293,7 @@ def test_erbs_fixed_basis_accumulates_kernels_and_aux_is_not_deposited():
 
 
 def test_erbs_float32_descriptor_matches_float64():
-    atoms = argon_fcc(2, rattle=0.3, seed=1)
-    e64 = ERBS(n_basis=3, r_max=5.0, dtype="float64")
-    e32 = ERBS(n_basis=3, r_max=5.0, dtype="float32")
-    ev = Evaluator(lj_forcefield(bias=e64), atoms)
-    args = (jnp.asarray(atoms.positions), jnp.asarray(atoms.cell.array), ev.lists(atoms))
-    g64 = np.asarray(jax.jit(ev.ff.erbs_descriptor)(*args))
-    ff32 = lj_forcefield(bias=e32)
-    ff32.setup(atoms, need_stress=False)
-    g32 = np.asarray(jax.jit(ff32.erbs_descriptor)(*args))
+    g64, g32, e64 = descriptors_in_both_precisions(argon_fcc(2, rattle=0.3, seed=1), n_basis=3, r_max=5.0)
     assert g32.dtype == np.float64 and g64.shape == (e64.n_features,)
     np.testing.assert_allclose(g32, g64, rtol=2e-5, atol=1e-6 * np.abs(g64).max())
 

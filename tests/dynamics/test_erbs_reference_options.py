@@ -9,7 +9,8 @@ import pytest
 
 from lotf.dynamics.biases import ERBS
 from lotf.potential import descriptor as gm
-from tests.dynamics.helpers import Evaluator, argon_fcc, lj_forcefield
+from tests.dynamics.helpers import argon_fcc, descriptors_in_both_precisions
+
 
 jax.config.update("jax_enable_x64", True)
 
@@ -49,14 +50,7 @@ def test_few_refs_random_is_an_unnormalised_gaussian_projection_until_k_referenc
 
 def test_bessel_descriptor_is_apax_bessel_basis_with_unit_normalisation():
     atoms = argon_fcc(2, rattle=0.3, seed=1)
-    e64 = ERBS(n_basis=4, r_max=5.0, dtype="float64", radial_basis="bessel")
-    e32 = ERBS(n_basis=4, r_max=5.0, dtype="float32", radial_basis="bessel")
-    ev = Evaluator(lj_forcefield(bias=e64), atoms)
-    args = (jnp.asarray(atoms.positions), jnp.asarray(atoms.cell.array), ev.lists(atoms))
-    g64 = np.asarray(jax.jit(ev.ff.erbs_descriptor)(*args))
-    ff32 = lj_forcefield(bias=e32)
-    ff32.setup(atoms, need_stress=False)
-    g32 = np.asarray(jax.jit(ff32.erbs_descriptor)(*args))
+    g64, g32, _ = descriptors_in_both_precisions(atoms, n_basis=4, r_max=5.0, radial_basis="bessel")
     np.testing.assert_allclose(g32, g64, rtol=2e-5, atol=1e-6 * np.abs(g64).max())
     # G0 (the first n_basis features) by hand: mean over atoms of sum_j phi_n(d_ij) f_c(d_ij), with
     # apax's phi_n = (-1)^n sqrt(2) pi / r_max^1.5 [sinc((n+1) d/r_max) + sinc((n+2) d/r_max)]
@@ -69,8 +63,7 @@ def test_bessel_descriptor_is_apax_bessel_basis_with_unit_normalisation():
                                                             + np.sinc((n + 2) * d[:, None] / 5.0))
     fc = 0.5 * (np.cos(np.pi * d / 5.0) + 1.0)
     np.testing.assert_allclose(g64[:4], (phi * fc[:, None]).sum(0) / len(atoms), rtol=1e-9)
-    gauss = np.asarray(jax.jit(Evaluator(lj_forcefield(bias=ERBS(n_basis=4, r_max=5.0, dtype="float64")),
-                                         atoms).ff.erbs_descriptor)(*args))
+    gauss, _, _ = descriptors_in_both_precisions(atoms, n_basis=4, r_max=5.0)
     assert not np.allclose(gauss, g64)  # the default stays the Gaussian basis
     with pytest.raises(ValueError, match="radial_basis"):
         ERBS(radial_basis="chebyshev")
