@@ -132,6 +132,8 @@ def check(c: Campaign) -> None:
     if box:
         _check_structure(c, box, seed)
     model = c.require("model", "initial", "final", "final_models", "final_variants")
+    if model.get("warm_start_final", False):
+        _check_warm_start_final(c)
     c.require("geo_opt", "fmax", "max_steps", "max_frames")
     check_rows(c, c.iterations)
     if "truth" in c.sections:
@@ -162,6 +164,21 @@ def check(c: Campaign) -> None:
         raise BuildError(f"{c.where('production')}: 'sizes' needs at least two box sizes (box-size extrapolation)")
     if "exploration" in c.sections:
         c.require("exploration", "model", "n_train", "steps", "rate", "group", "erbs_interval")
+
+
+def _check_warm_start_final(c: Campaign) -> None:
+    """``model.warm_start_final`` starts the final models from the loop's: same architecture."""
+    from lotf.training.config import load_preset
+
+    m = c["model"]
+    loop = load_preset(m["initial"], m.get("overrides", {}))[0]
+    for label in m["final_models"]:
+        overrides = m["final_variants"].get(label, {}).get("overrides", {})
+        final = load_preset(m["final"], overrides)[0]
+        if final != loop:
+            key = next(k for k in sorted(set(final) | set(loop)) if final.get(k) != loop.get(k))
+            raise BuildError(f"{c.where('model', 'final_variants', label)}: warm_start_final needs the loop's model "
+                             f"architecture, but '{key}' differs ({loop.get(key)!r} vs {final.get(key)!r})")
 
 
 def _check_structure(c: Campaign, box, seed: dict) -> None:
@@ -376,16 +393,24 @@ def _volume_scan(c: Campaign, row: dict, state: CampaignState, sources: dict, la
     return relaxed[-1]
 
 
+def _final_start(c: Campaign, state: CampaignState) -> TrainModel | None:
+    """Where the D3-free and final models start: from scratch (seed 1), or with
+    ``model.warm_start_final`` from the current model (its per-element shift refitted when the
+    D3-free labels move the energy zero; trainer.refit_shift). A from-scratch model on the oracle's
+    55 frames tested at 187-316 meV/Å where the loop's model stood at 85."""
+    return state.model if c["model"].get("warm_start_final", False) else None
+
+
 def _relabel_without_d3(c: Campaign, state: CampaignState, label) -> None:
     """The published D3-free branch: training and validation sets relabelled by CP2K without D3
     (taking CP2K's three-body D3 out analytically is intractable in the condensed phase) and a
-    model trained on them from scratch."""
+    model trained on them (from scratch, or see :func:`_final_start`)."""
     train = label(state.train.frames, name="TrainDFT")
     validation = label(state.validation.frames, name="ValidationDFT")
     previous = state.log[-1][0]
     state.train, state.validation = train, validation
     state.model = TrainModel(data=train.frames, validation_data=validation.frames, config=c["model"]["final"],
-                             name="ModelNoD3")
+                             name="ModelNoD3", init_from=_final_start(c, state))
     state.record(f"{previous}-noD3", label=[train, validation])
 
 
@@ -393,7 +418,8 @@ def _no_d3_iteration(c: Campaign, row: dict, state: CampaignState, sources: dict
     """Seed 1 ML16 / ML17: FIRE from the row's start with the current D3-free model, its path
     screened and ``n_select`` picked by MaxDist; then each sampler (MD from its own start or from
     the relaxed structure, ``"geo_opt"``) gives ``n_validation`` random validation and
-    ``n_select`` random training points; all labelled without D3; one model trained from scratch."""
+    ``n_select`` random training points; all labelled without D3; one model trained (from scratch, or see
+    :func:`_final_start`)."""
     screening = row.get("screening", DEFAULT_SCREENING)
     start = as_sources(_start(c, row, state, sources))
     geo = GeometryOptimisation(model=state.model, data=start, data_id=-1, fallback=start, name="GeoOpt",
@@ -423,7 +449,7 @@ def _no_d3_iteration(c: Campaign, row: dict, state: CampaignState, sources: dict
     state.last_structure = samplers[-1]
     if row["name"] != c.iterations[-1]["name"]:  # the last iteration trains the final models instead
         state.model = TrainModel(data=state.train.frames, validation_data=state.validation.frames,
-                                 config=c["model"]["final"])
+                                 config=c["model"]["final"], init_from=_final_start(c, state))
     state.picks[row["name"]] = picks
     state.log.append((row["name"], state.model, samplers, [train_labels, val_labels]))
 
@@ -451,7 +477,8 @@ def _final_models(project: zntrack.Project, c: Campaign, state: CampaignState,
             train, val = data[cutoff]
             sets[label] = (train, val)
             models[label] = TrainModel(data=train.frames, validation_data=val.frames, config=c["model"]["final"],
-                                       overrides=final.get("overrides", {}), name=f"Model{label}")
+                                       overrides=final.get("overrides", {}), name=f"Model{label}",
+                                       init_from=_final_start(c, state))
             # seed 1 Fig. 1 (parity plots) and seed 2 §3.3 (translational/rotational/vibrational forces)
             PredictionMetrics(data=val.frames, model=models[label], decompose_forces=True, name=f"Metrics{label}")
     name, _, samplers, labels = state.log[-1]

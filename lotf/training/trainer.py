@@ -132,6 +132,21 @@ def _check_warm_start(config: ModelConfig, previous: ModelConfig) -> None:
             raise ConfigError(f"warm start: model config '{key}' differs from the initial model ({b[key]!r} vs {a[key]!r})")
 
 
+def without_large_forces(frames: list[Atoms], limit: float, what: str) -> tuple[list[Atoms], int]:
+    """``frames`` without those whose largest reference force component exceeds ``limit`` eV/Å
+    (0: all kept), and how many were left out; none left is a one-line error."""
+    if not limit:
+        return list(frames), 0
+    kept = [a for a in frames if a.calc is None or "forces" not in a.calc.results
+            or np.abs(a.calc.results["forces"]).max() <= limit]
+    if frames and not kept:
+        raise ConfigError(f"training: every {what} frame has a force above max_label_force={limit:g} eV/Å")
+    if len(kept) < len(frames):
+        log.warning("training: %d of %d %s frames left out (a force above %g eV/Å)",
+                    len(frames) - len(kept), len(frames), what, limit)
+    return kept, len(frames) - len(kept)
+
+
 def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict[str, Any] | ModelConfig,
           config: TrainConfig, out_dir: str | Path, *, init_from: str | Path | None = None) -> TrainResult:
     """Train a GMNN (ensemble) and write the model directory ``out_dir``.
@@ -143,6 +158,8 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
     (``warm_start_lr_factor``, ``warmup_epochs``).
     """
     out_dir = Path(out_dir)
+    train_frames, dropped_train = without_large_forces(train_frames, config.max_label_force, "training")
+    val_frames, dropped_val = without_large_forces(val_frames, config.max_label_force, "validation")
     if init_from is not None and config.warm_start_epochs:
         config = dataclasses.replace(config, epochs=config.warm_start_epochs)
     if isinstance(model_config, ModelConfig):
@@ -308,7 +325,8 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
     metrics.update({f"train_{k}": v for k, v in train_metrics.items()})
     metrics.update(best_epoch=best_epoch, val_loss=val_loss, n_train=len(train_set), n_val=len(val_set),
                    skipped_steps=skipped_total, warm_start=init_params is not None,
-                   shift_offset_mev_per_atom=shift_offset, shift_refitted=shift_refitted)
+                   shift_offset_mev_per_atom=shift_offset, shift_refitted=shift_refitted,
+                   n_train_left_out=dropped_train, n_val_left_out=dropped_val)
     save_model(out_dir, mconf, best_params, training=config.to_dict(), metrics=metrics)
     return TrainResult(out_dir, metrics, history, best_epoch)
 

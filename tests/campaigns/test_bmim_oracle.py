@@ -59,6 +59,27 @@ def test_the_force_field_labels_everything(oracle):
     assert not params["bmim-bf4_ML17_MD1"].get("d3")
 
 
+def test_the_d3_free_and_final_models_start_from_the_loop_model(oracle, tmp_path):
+    """model.warm_start_final: the D3-free branch and the production model continue the loop's
+    model; the paper profile trains them from scratch (seed 1); a final variant with another
+    architecture cannot start from the loop's model and fails at build time."""
+    deps = {name: [d for d in oracle["stages"][name]["deps"] if d.endswith("/model")]
+            for name in ("bmim-bf4_ML16_ModelNoD3", "bmim-bf4_ML16_TrainModel", "bmim-bf4_ML17_ModelDFT")}
+    assert deps == {"bmim-bf4_ML16_ModelNoD3": ["nodes/bmim-bf4/ML15/TrainModel/model"],
+                    "bmim-bf4_ML16_TrainModel": ["nodes/bmim-bf4/ML16/ModelNoD3/model"],
+                    "bmim-bf4_ML17_ModelDFT": ["nodes/bmim-bf4/ML16/TrainModel/model"]}
+    paper = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert not [d for d in paper["bmim-bf4_ML16_ModelNoD3"]["deps"] if d.endswith("/model")]
+    text = CAMPAIGN.read_text().replace("final_variants: {DFT: {overrides: {training: {warm_start_epochs: 24}}}}",
+                                        "final_variants: {DFT: {overrides: {model: {r_max: 6.0}}}}")
+    assert "r_max: 6.0" in text
+    changed = tmp_path / "bmim_bf4.yaml"
+    changed.write_text(text)
+    run = lotf("build", "--config", str(changed), "--profile", "oracle", "--out", str(tmp_path / "out"), cwd=REPO)
+    assert run.returncode != 0 and run.stderr.strip().count("\n") == 0
+    assert "final_variants DFT: warm_start_final needs the loop's model architecture, but 'r_max' differs (5.0 vs 6.0)" in run.stderr
+
+
 def test_the_truth_runs_and_the_comparison(oracle):
     stages, params = oracle["stages"], oracle["params"]
     nvt, npt = params["bmim-bf4_reference_NVT353K"], params["bmim-bf4_reference_NPT300K"]

@@ -329,3 +329,25 @@ def test_shift_refit_needs_a_move_of_every_structure():
     new_data = {"re": reference, "pe": reference + 96 * off, "na": n}
     kept, offset, refitted = refit_shift(params, new_data, SimpleNamespace(items=items), config, previous_rmse=1.0)
     assert not refitted and offset > 5.0 and kept is params
+
+
+def test_labels_with_forces_above_max_label_force_are_left_out(frames, tmp_path):
+    """A frame whose largest label force exceeds max_label_force trains as if it were absent:
+    the same model as without it, and the count is in the metrics."""
+    wild = relabel(frames[0], energy=frames[0].get_potential_energy() + 50.0,
+                   forces=frames[0].get_forces() + 40.0)  # a 40 eV/Å clash
+    config = dict(epochs=3, batch_size=2, progress=False, schedule="constant", loss_normalisation="per_atom")
+    largest = max(np.abs(a.get_forces()).max() for a in frames[:12])
+    limit = float(largest) + 1.0
+    with_wild = train([*frames[1:8], wild], [*frames[8:12], wild], TINY,
+                      TrainConfig(**config, max_label_force=limit), tmp_path / "screened")
+    without = train(frames[1:8], frames[8:12], TINY, TrainConfig(**config), tmp_path / "clean")
+    assert (with_wild.metrics["n_train_left_out"], with_wild.metrics["n_val_left_out"]) == (1, 1)
+    assert with_wild.metrics["n_train"] == 7 and without.metrics["n_train_left_out"] == 0
+    assert with_wild.metrics["val_forces_mae"] == pytest.approx(without.metrics["val_forces_mae"], rel=1e-6)
+    kept = train([*frames[1:8], wild], frames[8:12], TINY, TrainConfig(**config), tmp_path / "kept")
+    assert kept.metrics["n_train"] == 8  # 0 (the default) keeps every frame
+    with pytest.raises(ConfigError, match="every training frame has a force above max_label_force=0.001"):
+        train(frames[1:8], frames[8:12], TINY, TrainConfig(**config, max_label_force=0.001), tmp_path / "none")
+    with pytest.raises(ConfigError, match="max_label_force"):
+        TrainConfig(max_label_force=-1.0)
