@@ -59,6 +59,8 @@ def erbs_benchmark(duration_ps: float = 80.0, budget_s: float = 3600.0, conventi
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+    if not friction > 0:
+        raise ValueError(f"friction must be > 0 (1/fs), got {friction}")
     steps = int(round(duration_ps * 1000 / 0.5))
     interval = max(1, int(round(10_000 * duration_ps / 80.0)))
     sampling_rate = max(1, min(sampling_rate, steps))

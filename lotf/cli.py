@@ -318,10 +318,19 @@ def bench_cp2k():
 @bench_app.command("erbs")
 def bench_erbs(duration_ps: float = typer.Option(80.0, help="ps per run (seed 2: 80); shorter runs scale the kernel interval"),
                budget_s: float = typer.Option(3600.0, help="stop adding scan points after this many seconds"),
-               convention: str = typer.Option("code", help="code (erbs code: ΔE in k_B T, σ a variance) or text"),
-               max_erbs_runs: Optional[int] = typer.Option(None, help="at most this many ERBS runs (A and B always)")):
+               convention: str = typer.Option("code", help="code (erbs code: ΔE in k_B T, σ a variance), code_d, "
+                                              "text, reference or reference_bessel (README \"ERBS benchmark\")"),
+               max_erbs_runs: Optional[int] = typer.Option(None, help="at most this many ERBS runs (A and B always)"),
+               friction: float = typer.Option(0.01, help="Langevin friction in 1/fs (seed 2 states none; "
+                                              "the coverage depends on it)")):
     """Alanine dipeptide (Φ, Ψ) coverage of MD 300/1200 K and ERBS (seed 2 §3.1, Fig. 2)."""
-    typer.echo(json.dumps(_load_benchmark("erbs").erbs_benchmark(duration_ps, budget_s, convention, max_erbs_runs)))
+    module = _load_benchmark("erbs")
+    try:
+        out = module.erbs_benchmark(duration_ps, budget_s, convention, max_erbs_runs, friction=friction)
+    except ValueError as err:
+        typer.echo(f"lotf bench erbs: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(out))
 
 
 DEMO_HELP = (

@@ -181,3 +181,21 @@ def test_label_dry_run_of_a_pbs_config(tmp_path):
     assert "#PBS -q workq" in lines and "#PBS -l walltime=02:00:00" in lines
     assert any(line.startswith("#PBS -l select=1:ncpus=16:mem=") for line in lines), proc.stdout
     assert proc.stderr == ""
+
+
+def test_bench_erbs_passes_friction_and_convention_and_rejects_bad_values():
+    """`lotf bench erbs --friction/--convention` reach the benchmark (a 0.05 ps run per method);
+    a bad value is one line."""
+    import json
+
+    runner = CliRunner()
+    out = runner.invoke(cli.app, ["bench", "erbs", "--duration-ps", "0.05", "--max-erbs-runs", "0",
+                                  "--friction", "0.001", "--convention", "reference"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["friction_per_fs"] == 0.001 and result["convention"] == "reference"
+    assert result["steps"] == 100 and result["n_erbs_runs"] == 2  # ERBS A and B always run
+    for args, message in ((["--friction", "0"], "friction must be > 0"),
+                          (["--convention", "nonsense"], "convention must be one of")):
+        bad = runner.invoke(cli.app, ["bench", "erbs", "--duration-ps", "0.05", *args])
+        assert bad.exit_code == 2 and message in bad.output and bad.output.strip().count("\n") == 0, bad.output
