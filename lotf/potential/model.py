@@ -14,6 +14,7 @@ Both expose the same (n_structures, n_members) energies, so everything downstrea
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -151,7 +152,7 @@ class GMNN(nn.Module):
             basis = gm.gaussian_basis(dist, cfg.n_basis, cfg.r_min, cfg.r_max)
         else:
             basis = gm.bessel_basis(dist, cfg.n_basis, cfg.r_max)
-        basis = basis * (gm.cosine_cutoff(dist, cfg.r_max) * graph.pair_mask / np.sqrt(cfg.n_basis))[..., None]
+        basis = basis * (gm.cosine_cutoff(dist, cfg.r_max) * graph.pair_mask / math.sqrt(cfg.n_basis))[..., None]
         # element-pair contraction c[Z_centre, Z_neighbour, r, k], gathered per pair (a one-hot
         # formulation measured 2x slower in the force pass on CPU)
         coeffs = self.param("embedding", _uniform_symmetric,
