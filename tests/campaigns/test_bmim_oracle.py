@@ -35,6 +35,9 @@ def test_the_oracle_keeps_every_table_1_row():
         if "sampling" in old:
             assert new["sampling"]["steps"] < old["sampling"]["steps"]  # reduced scale
             assert new["sampling"].get("modifiers") == old["sampling"].get("modifiers")
+            # the same stop, at the oracle ensemble's calibration (README "Ground truth")
+            assert [c["kind"] for c in new["sampling"]["checks"]] == [c["kind"] for c in old["sampling"]["checks"]]
+            assert all(c["max_value"] == 2.0 for c in new["sampling"]["checks"])
 
 
 def test_the_oracle_graph_has_every_row_and_the_same_stage_kinds(oracle):
@@ -111,6 +114,8 @@ def check_physical(out: dict) -> None:
     assert out["bmim_stable_ps"] > 0
     assert abs(out["bmim_T_mean_K"] - 353.0) < 35.3
     assert all(math.isfinite(v) and v > 0 for v in out["bmim_test_forces_mae"].values())
+    # the loop learns: the final model's test force error is at most half the classical model's
+    assert out["bmim_test_forces_mae_last"] <= 0.5 * out["bmim_test_forces_mae_first"]
 
 
 @pytest.mark.slow
