@@ -27,18 +27,9 @@ import numpy as np
 
 
 def frames(n: int = 10):
-    from ase.calculators.singlepoint import SinglePointCalculator
+    from lotf.bench import bmim_bf4_box, training_frames
 
-    from lotf.bench import bmim_bf4_box
-
-    base, rng, out = bmim_bf4_box(10), np.random.default_rng(0), []
-    for _ in range(n):
-        a = base.copy()
-        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
-        a.calc = SinglePointCalculator(a, energy=float(rng.normal()), forces=rng.normal(size=(len(a), 3)),
-                                       stress=rng.normal(scale=1e-3, size=6))
-        out.append(a)
-    return out
+    return training_frames(bmim_bf4_box(10), n)
 
 
 def lotf_rate(train, val, ensemble: str, epochs: int) -> float:

@@ -131,19 +131,26 @@ def potential_benchmark(quick: bool = False) -> dict:
     return out
 
 
-def _training_rate(base: Atoms, quick: bool, ensemble: str) -> float:
-    """Structures per second of training (seed-1 model, 2 members, E+F+stress loss, batch 2)."""
-    from lotf.training.config import TrainConfig
-    from lotf.training.trainer import train
-
+def training_frames(base: Atoms, n: int) -> list[Atoms]:
+    """``n`` rattled copies of ``base`` with random energy, force and stress labels: training
+    throughput needs the data's shapes, not their physics (also benchmarks/apax_training.py)."""
     rng = np.random.default_rng(0)
     frames = []
-    for i in range(8):
+    for _ in range(n):
         a = base.copy()
         a.positions += rng.normal(scale=0.05, size=a.positions.shape)
         a.calc = SinglePointCalculator(a, energy=float(rng.normal()), forces=rng.normal(size=(len(a), 3)),
                                        stress=rng.normal(scale=1e-3, size=6))
         frames.append(a)
+    return frames
+
+
+def _training_rate(base: Atoms, quick: bool, ensemble: str) -> float:
+    """Structures per second of training (seed-1 model, 2 members, E+F+stress loss, batch 2)."""
+    from lotf.training.config import TrainConfig
+    from lotf.training.trainer import train
+
+    frames = training_frames(base, 8)
     import tempfile
 
     epochs = 2 if quick else 4
