@@ -183,7 +183,7 @@ def test_label_dry_run_of_a_pbs_config(tmp_path):
     assert proc.stderr == ""
 
 
-def test_bench_erbs_passes_friction_and_convention_and_rejects_bad_values():
+def test_bench_erbs_passes_friction_and_convention_and_rejects_bad_values(tmp_path):
     """`lotf bench erbs --friction/--convention` reach the benchmark (a 0.05 ps run per method);
     a bad value is one line."""
     import json
@@ -197,5 +197,5 @@ def test_bench_erbs_passes_friction_and_convention_and_rejects_bad_values():
     assert result["steps"] == 100 and result["n_erbs_runs"] == 2  # ERBS A and B always run
     for args, message in ((["--friction", "0"], "friction must be > 0"),
                           (["--convention", "nonsense"], "convention must be one of")):
-        bad = runner.invoke(cli.app, ["bench", "erbs", "--duration-ps", "0.05", *args])
-        assert bad.exit_code == 2 and message in bad.output and bad.output.strip().count("\n") == 0, bad.output
+        bad = lotf("bench", "erbs", "--duration-ps", "0.05", *args, cwd=tmp_path)
+        assert bad.returncode == 1 and message in one_error_line(bad), bad.stderr
