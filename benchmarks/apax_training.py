@@ -23,25 +23,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 
 def frames(n: int = 10):
     from lotf.bench import bmim_bf4_box, training_frames
 
     return training_frames(bmim_bf4_box(10), n)
-
-
-def lotf_rate(train, val, ensemble: str, epochs: int) -> float:
-    from lotf.training.config import TrainConfig
-    from lotf.training.trainer import train as fit
-
-    config = TrainConfig(epochs=epochs, batch_size=2, progress=False, energy_loss={"kind": "mse", "weight": 1.0},
-                         forces_loss={"kind": "mse", "weight": 4.0}, stress_loss={"kind": "mse", "weight": 0.2})
-    with tempfile.TemporaryDirectory() as tmp:
-        result = fit(train, val, {"n_members": 2, "ensemble": ensemble, "basis": "gaussian", "n_basis": 7,
-                                  "r_min": 0.7, "r_max": 5.5, "n_radial": 5, "hidden": [512, 512]}, config, tmp)
-    return len(train) / float(np.median([row["seconds"] for row in result.history[2:]]))
 
 
 def apax_rate(apax: str, train_file: Path, val_file: Path, ensemble: str, epochs: int, n_train: int) -> float:
@@ -75,6 +61,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     import ase.io
 
+    from lotf.bench import training_rate
+
     data = frames()
     train, val = data[:8], data[8:]
     out = {"n_atoms": len(train[0]), "n_train": len(train), "n_val": len(val), "epochs": args.epochs}
@@ -83,7 +71,7 @@ def main(argv=None) -> None:
         ase.io.write(train_file, train)
         ase.io.write(val_file, val)
         for ensemble in ("shallow", "full"):
-            mine = lotf_rate(train, val, ensemble, args.epochs)
+            mine = training_rate(train, val, ensemble, args.epochs)
             theirs = apax_rate(args.apax, train_file, val_file, ensemble, args.epochs, len(train))
             out[f"lotf_{ensemble}_structures_per_s"] = mine
             out[f"apax_{ensemble}_structures_per_s"] = theirs
