@@ -35,7 +35,11 @@ def test_the_oracle_keeps_every_table_1_row():
         if "sampling" in old:
             assert new["sampling"]["steps"] < old["sampling"]["steps"]  # reduced scale
             assert new["sampling"].get("modifiers") == old["sampling"].get("modifiers")
-            assert new["sampling"]["checks"] == old["sampling"]["checks"]  # Table 1's 0.5 eV/Å stop
+            # Table 1's uncertainty stop (at 2.0 eV/Å) plus a stop when a covalent bond breaks or forms
+            assert [check["kind"] for check in old["sampling"]["checks"]] == ["forces_uncertainty"]
+            assert [check["kind"] for check in new["sampling"]["checks"]] == ["forces_uncertainty", "bond_graph"]
+    ml16 = {row["name"]: row for row in oracle.iterations}["ML16"]
+    assert [sampler["sampling"]["checks"] for sampler in ml16["options"]["samplers"]] == [[]]  # as published
 
 
 def test_the_oracle_graph_has_every_row_and_the_same_stage_kinds(oracle):
