@@ -234,7 +234,8 @@ def build(campaigns: list[str] = typer.Argument(None, help="campaigns to build: 
           config: Optional[list[Path]] = typer.Option(None, "--config", help="a campaign file (YAML); repeatable"),
           profile: str = typer.Option("paper", help="a profile of the campaigns: paper (the seeds' settings), "
                                                     "smoke (tiny, for CI/demo), oracle (force-field ground truth), "
-                                                    "validation (water: the oracle with longer runs)"),
+                                                    "validation (water: the oracle with longer runs), "
+                                                    "fig3 (alanine: seed 2 Fig. 3 only)"),
           out: Optional[Path] = typer.Option(None, "--out", help="build in this separate git + DVC project "
                                                                  "(stages/, models/, data/, campaigns/ are copied there)"),
           force: bool = typer.Option(False, "--force", help="replace a committed graph with a non-paper build")):

@@ -25,6 +25,13 @@ def test_smoke_profile_always_has_a_and_b_and_bad_points_fail_in_one_line():
         alanine.scan_points({"points": [(5.0, 0.1, 0)]})
 
 
+def test_fig3_profile_is_the_four_seed2_trajectories_and_the_full_cross_validation_sets():
+    p = alanine.PROFILES["fig3"]
+    assert set(alanine.scan_points(p)) == {alanine.ERBS_A, alanine.ERBS_B}  # with MD 300 K and 1200 K: Fig. 3's four
+    assert p["steps"] * 0.5 == 80_000 and p["interval"] == 10_000
+    assert (p["crossval"]["n_train"], p["crossval"]["n_val"]) == (1800, 200)
+
+
 def test_run_names_are_unique_and_stage_safe():
     names = {alanine.run_name(*p) for p in alanine.scan_points(alanine.PROFILES["paper"])}
     assert len(names) == 100 and all("." not in n for n in names)
