@@ -10,7 +10,7 @@ Paper profile: ΔE ∈ {5, 10, 15, 20, 25}, σ ∈ {0.05, 0.1, 0.2, 0.5}, k ∈ 
 (100 ERBS runs) read in the erbs code's convention (``convention`` "code": ΔE in k_B T, σ the
 kernel variance; README "ERBS benchmark"). Smoke profile: MD 300/1200 K and ERBS A and B, 2 ps
 each with a kernel every 500 steps. ``fig3`` profile: only the four trajectories of Fig. 3 (80 ps) and the
-cross-validation, trained for 200 epochs instead of 10,000.
+cross-validation, trained for 100 epochs instead of 10,000.
 
 Fig. 3 (``crossval``): 1800 random training frames (first 80 %) and 200 validation frames (last
 20 %) of MD-300K, MD-1200K, ERBS A and ERBS B, labelled with Amber99SB
@@ -40,10 +40,10 @@ PROFILES = {
     "paper": dict(steps=160_000, interval=10_000, sampling_rate=20, barriers=(5.0, 10.0, 15.0, 20.0, 25.0),
                   bandwidths=(0.05, 0.1, 0.2, 0.5), components=(2, 4, 6, 8, 10), convention="code",
                   crossval=dict(n_train=1800, n_val=200, overrides={})),
-    # Fig. 3 alone, at seed-2 scale but with 200 instead of 10,000 epochs (4 cosine cycles): the
+    # Fig. 3 alone, at seed-2 scale but with 100 instead of 10,000 epochs (2 cosine cycles): the
     # four trajectories (80 ps) and the cross-validation, without the 100-run scan
     "fig3": dict(steps=160_000, interval=10_000, sampling_rate=20, points=(ERBS_A, ERBS_B), convention="code",
-                 crossval=dict(n_train=1800, n_val=200, overrides={"training": {"epochs": 200}})),
+                 crossval=dict(n_train=1800, n_val=200, overrides={"training": {"epochs": 100}})),
     "smoke": dict(steps=4_000, interval=500, sampling_rate=20, points=(ERBS_A, ERBS_B), convention="code",
                   crossval=dict(n_train=40, n_val=10, overrides={"training": {"epochs": 3},
                                                                  "model": {"hidden": [16], "n_basis": 6,
