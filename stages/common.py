@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
+from lotf.nodes.selection import LastFrameSelection
 from lotf.nodes.frames import MergeFrames
 from lotf.nodes.reference import ForceFieldLabel
 from lotf.nodes.report import CampaignReport
@@ -169,7 +170,8 @@ def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, labe
 
     ``start`` is a node with ``frames`` or a list of frame connections (see :func:`as_sources`);
     ``screening_reference`` a node whose first frame has intact molecules (for rows whose
-    screening asks for them); ``geo_opt`` replaces the FIRE settings (default :data:`GEO_OPT`).
+    screening asks for them: the next iteration then starts from the last pool structure that
+    passes the screening); ``geo_opt`` replaces the FIRE settings (default :data:`GEO_OPT`).
     """
     sources = as_sources(start)
     md = MDSampling(model=state.model, data=sources, data_id=-1, seed=seed, **row["sampling"])
@@ -184,6 +186,10 @@ def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, labe
     screen = {"screening": row.get("screening", DEFAULT_SCREENING)}
     if screen["screening"].get("intact_molecules") and screening_reference is not None:
         screen["screening_reference"] = screening_reference.frames
+        # hand on the last structure with intact molecules (the FIRE of a poor model can form a
+        # bond; started from, it would spoil every later pool), or the start if none is intact
+        hand_on = LastFrameSelection(data=candidates.frames, n_configurations=1, name="NextStart", **screen)
+        last = [*sources, hand_on.frames]
     validation = state.validation
     if row.get("n_validation", 0):
         val_pick = RandomSelection(data=candidates.frames, n_configurations=row["n_validation"], seed=seed,

@@ -11,7 +11,7 @@ _MODULES = {
     "CP2KLabel": "label", "FilterOutliers": "frames", "GeometryOptimisation": "sampling", "LoadFrames": "frames",
     "MDSampling": "sampling", "MaxDistSelection": "selection", "MergeFrames": "frames", "ProductionMD": "production",
     "RandomSelection": "selection", "RecomputeD3": "d3", "TrainModel": "train", "UncertaintySelection": "selection",
-    "ForceFieldLabel": "reference", "ReferenceMD": "reference",
+    "ForceFieldLabel": "reference", "ReferenceMD": "reference", "LastFrameSelection": "selection",
 }
 
 __all__ = sorted(_MODULES)

@@ -129,6 +129,21 @@ class RandomSelection(_Selection):
         return rules.random_selection(len(frames), n, self.seed), {}
 
 
+class LastFrameSelection(_Selection):
+    """The last ``n_configurations`` structures of ``data`` that pass the screening, last first.
+
+    What an iteration hands on to the next one (``stages.common.learning_step``): the last MD or
+    FIRE structure that is not collapsed and has intact molecules, never a screened one (a FIRE
+    step of a poor model that formed a bond would otherwise start every later iteration, and
+    every later pool would be screened out).
+    """
+
+    n_configurations: int = zntrack.params(1)
+
+    def select(self, frames, n):
+        return np.arange(len(frames) - 1, len(frames) - 1 - n, -1), {}
+
+
 def model_and_params(model: t.Any):
     """(Model, params) from a model directory, a node with ``model_dir``, or a node whose
     ``get_calculator()`` returns a lotf calculator; anything else fails with one line."""

@@ -165,3 +165,16 @@ def test_the_benchmark_summary_reads_the_finished_project(tmp_path):
     assert out["bmim_test_forces_mae_first"] == 300.0 and out["bmim_test_forces_mae_last"] == 90.0
     assert out["bmim_steps_before_stop"]["ML17"] == 40.0 and out["bmim_steps_before_stop"]["ML0"] is None
     json.dumps(out)  # the benchmark prints it as JSON
+
+
+def test_each_iteration_starts_from_the_last_intact_structure_of_the_one_before(oracle):
+    """'previous' is the last pool structure (MD, then FIRE) that passes the row's screening
+    (intact molecules), not the FIRE result as it is: one FIRE that formed a bond otherwise
+    started every later iteration and every later pool was screened out (fifth oracle run)."""
+    stages, params = oracle["stages"], oracle["params"]
+    hand_on = stages["bmim-bf4_ML1_NextStart"]
+    assert "nodes/bmim-bf4/ML1/Pool/frames.h5" in hand_on["deps"]
+    assert params["bmim-bf4_ML1_NextStart"]["screening"]["intact_molecules"] is True
+    assert "nodes/bmim-bf4/ML1/NextStart/frames.h5" in stages["bmim-bf4_ML2_MDSampling"]["deps"]
+    assert not any(dep.startswith("nodes/bmim-bf4/ML1/GeometryOptimisation")
+                   for dep in stages["bmim-bf4_ML2_MDSampling"]["deps"])

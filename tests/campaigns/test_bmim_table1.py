@@ -118,7 +118,7 @@ def test_ml16_ml17_and_the_final_models(graph):
     assert ml16["checks"] == [] and ml16["modifiers"] == [] and ml16["d3"] == {}
     assert "nodes/bmim-bf4/ML16/GeoOpt/frames.h5" in stages["bmim-bf4_ML16_MD0"]["deps"]
     assert "nodes/bmim-bf4/ML16/ModelNoD3/model" in stages["bmim-bf4_ML16_MD0"]["deps"]  # the D3-free model
-    assert "nodes/bmim-bf4/ML15/MDSampling/frames.h5" in stages["bmim-bf4_ML16_GeoOpt"]["deps"]
+    assert "nodes/bmim-bf4/ML15/NextStart/frames.h5" in stages["bmim-bf4_ML16_GeoOpt"]["deps"]  # last intact
 
     nvt, npt = bmim["bmim-bf4_ML17_MD0"], bmim["bmim-bf4_ML17_MD1"]
     assert nvt["ensemble"] == "nvt" and nvt["temperature"] == 500.0 and nvt["d3"] == {}

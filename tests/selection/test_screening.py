@@ -110,6 +110,24 @@ def test_selection_node_screens_before_selecting_and_counts_it(workdir):
     assert sorted(plain.selected_ids) == list(range(6)) and "n_screened" not in plain.metrics
 
 
+def test_last_frame_selection_hands_on_the_last_intact_structure(workdir):
+    """What an iteration hands on: the last structure that passes, never a broken one, and nothing
+    (so the caller falls back to the start) when none passes."""
+    good = [liquid(seed=s) for s in range(4)]
+    screening = {"min_distance_factor": 0.6, "intact_molecules": True}
+    frames = [good[0], good[1], broken(good[2]), collapsed(good[3])]  # an MD, then a FIRE that broke it
+    node = nodes.LastFrameSelection(data=frames, screening=screening, screening_reference=good[:1])
+    node.run()
+    assert node.selected_ids == [1] and np.allclose(node.frames[0].positions, good[1].positions)
+    two = nodes.LastFrameSelection(data=frames, n_configurations=2, screening=screening,
+                                   screening_reference=good[:1], name="two")
+    two.run()
+    assert two.selected_ids == [1, 0]  # last first
+    none = nodes.LastFrameSelection(data=frames[2:], screening=screening, screening_reference=good[:1], name="none")
+    none.run()
+    assert none.frames == [] and none.metrics["n_screened"] == 2
+
+
 @pytest.mark.parametrize("cls, extra", [
     ("MaxDistSelection", {"train_data": [], "model": None, "n_configurations": 2}),
     ("UncertaintySelection", {"n_configurations": 2}),
