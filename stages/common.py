@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lotf.nodes import CP2KLabel, MaxDistSelection, RandomSelection, TrainModel
-from lotf.nodes.selection import LastFrameSelection
+from lotf.nodes import CP2KLabel, LastFrameSelection, MaxDistSelection, RandomSelection, TrainModel
 from lotf.nodes.frames import MergeFrames
 from lotf.nodes.reference import ForceFieldLabel
 from lotf.nodes.report import CampaignReport
