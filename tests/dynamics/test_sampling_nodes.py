@@ -132,9 +132,12 @@ def test_md_sampling_hybrid_d3_matches_calculators(workdir, model_dir):
         a.calc, b.calc = mlp, d3
         e_d3 = b.get_potential_energy()
         assert abs(e_d3) > 1e-3  # the term is really there
-        assert frame.get_potential_energy() == pytest.approx(a.get_potential_energy() + e_d3, abs=1e-8)
-        np.testing.assert_allclose(frame.get_forces(), a.get_forces() + b.get_forces(), atol=1e-8)
-        np.testing.assert_allclose(frame.get_stress(), a.get_stress() + b.get_stress(), atol=1e-9)
+        # The network runs in float32 and XLA fuses the MD step and the standalone calculator
+        # differently per CPU, so they agree to float32 round-off, not bit for bit (a CI CPU gave
+        # 1.3e-8 eV); the tolerances stay three orders below the D3 term checked above.
+        assert frame.get_potential_energy() == pytest.approx(a.get_potential_energy() + e_d3, abs=1e-6)
+        np.testing.assert_allclose(frame.get_forces(), a.get_forces() + b.get_forces(), atol=1e-6)
+        np.testing.assert_allclose(frame.get_stress(), a.get_stress() + b.get_stress(), atol=1e-8)
 
 
 def test_md_sampling_d3_rejects_bad_options(model_dir):
