@@ -162,6 +162,18 @@ def report(state: CampaignState, test_data: Any, test_data_no_d3: Any = None,
                           selected_iterations=picked, selections=picks, test_data=test_data.frames, **extra)
 
 
+def hand_on(sources: list, pool: Any, screening: dict, screening_reference: Any = None) -> Any:
+    """What the next iteration starts from: the pool's last frame (``sources`` when it stored
+    none); when ``screening`` asks for intact molecules, the last pool frame that keeps them, or
+    the start if none does (the FIRE of a poor model can form a bond, and started from, that
+    structure would spoil every later pool)."""
+    if not (screening.get("intact_molecules") and screening_reference is not None):
+        return [*sources, pool.frames]
+    last_intact = LastFrameSelection(data=pool.frames, n_configurations=1, screening=screening,
+                                     screening_reference=screening_reference.frames, name="NextStart")
+    return [*sources, last_intact.frames]
+
+
 def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, label, model_config: str,
                   model_overrides: dict, seed: int, screening_reference: Any = None,
                   geo_opt: dict | None = None) -> CampaignState:
@@ -175,20 +187,15 @@ def learning_step(row: dict[str, Any], state: CampaignState, *, start: Any, labe
     sources = as_sources(start)
     md = MDSampling(model=state.model, data=sources, data_id=-1, seed=seed, **row["sampling"])
     pool = [md.frames]
-    last = [*sources, md.frames]  # the MD's last frame; where it started if it stored none
     if row.get("geo_opt", False):
         geo = GeometryOptimisation(model=state.model, data=md.frames, data_id=-1, fallback=sources,
                                    **(geo_opt or GEO_OPT))
         pool.append(geo.frames)
-        last = geo
     candidates = MergeFrames(data=pool, name="Pool") if len(pool) > 1 else md
     screen = {"screening": row.get("screening", DEFAULT_SCREENING)}
+    last = hand_on(sources, candidates, screen["screening"], screening_reference)
     if screen["screening"].get("intact_molecules") and screening_reference is not None:
         screen["screening_reference"] = screening_reference.frames
-        # hand on the last structure with intact molecules (the FIRE of a poor model can form a
-        # bond; started from, it would spoil every later pool), or the start if none is intact
-        hand_on = LastFrameSelection(data=candidates.frames, n_configurations=1, name="NextStart", **screen)
-        last = [*sources, hand_on.frames]
     validation = state.validation
     if row.get("n_validation", 0):
         val_pick = RandomSelection(data=candidates.frames, n_configurations=row["n_validation"], seed=seed,

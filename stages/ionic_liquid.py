@@ -47,7 +47,7 @@ from lotf.nodes.reference import ReferenceMD
 from lotf.nodes.sampling import GeometryOptimisation, MDSampling
 from lotf.nodes.seed import GromacsSeed, PackBox, SmilesConformers, StructureMolecules, VolumeScan
 from lotf.nodes.validation import ReferenceComparison, ReferenceDensity
-from stages.common import (DEFAULT_SCREENING, BuildError, CampaignState, as_sources, check_row, labeller,
+from stages.common import (DEFAULT_SCREENING, BuildError, CampaignState, as_sources, check_row, hand_on, labeller,
                            learning_step, report)
 
 # row kinds and the structures an MD or FIRE may start from
@@ -446,7 +446,7 @@ def _no_d3_iteration(c: Campaign, row: dict, state: CampaignState, sources: dict
     val_labels = label(MergeFrames(data=val_new, name="NewValidation").frames, name="ValidationLabel")
     state.train = MergeFrames(data=[state.train.frames, train_labels.frames], name="TrainingSet")
     state.validation = MergeFrames(data=[state.validation.frames, val_labels.frames], name="Validation")
-    state.last_structure = samplers[-1]
+    state.last_structure = hand_on(as_sources(origin), samplers[-1], screening, sources["seed"])
     if row["name"] != c.iterations[-1]["name"]:  # the last iteration trains the final models instead
         state.model = TrainModel(data=state.train.frames, validation_data=state.validation.frames,
                                  config=c["model"]["final"], init_from=_final_start(c, state))

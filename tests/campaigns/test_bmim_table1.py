@@ -119,6 +119,9 @@ def test_ml16_ml17_and_the_final_models(graph):
     assert "nodes/bmim-bf4/ML16/GeoOpt/frames.h5" in stages["bmim-bf4_ML16_MD0"]["deps"]
     assert "nodes/bmim-bf4/ML16/ModelNoD3/model" in stages["bmim-bf4_ML16_MD0"]["deps"]  # the D3-free model
     assert "nodes/bmim-bf4/ML15/NextStart/frames.h5" in stages["bmim-bf4_ML16_GeoOpt"]["deps"]  # last intact
+    # what ML16 hands on is screened like every other row's (its MD runs without checks)
+    assert "nodes/bmim-bf4/ML16/MD0/frames.h5" in stages["bmim-bf4_ML16_NextStart"]["deps"]
+    assert bmim["bmim-bf4_ML16_NextStart"]["screening"]["intact_molecules"] is True
 
     nvt, npt = bmim["bmim-bf4_ML17_MD0"], bmim["bmim-bf4_ML17_MD1"]
     assert nvt["ensemble"] == "nvt" and nvt["temperature"] == 500.0 and nvt["d3"] == {}
