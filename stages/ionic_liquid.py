@@ -320,6 +320,8 @@ def build(project: zntrack.Project, c: Campaign) -> None:
         with project.group(group, "report"):
             report(state, truth["test"])
         _oracle_production(project, c, finals[0], truth)
+        if "exploration" in c.sections:
+            _exploration(project, c, finals, seed)
         return
     with project.group(group, "report"):
         # the D3-free models are tested on the test set relabelled without D3 (taking CP2K's
@@ -564,10 +566,10 @@ def _exploration(project: zntrack.Project, c: Campaign, finals: tuple[dict, dict
     100 ps (Berendsen 500 fs, 0.5 fs steps) from the last seed frame; the maximum COM MSD per
     run (Fig. 6) and the descriptor PCA in one basis (Fig. 7). The model: a shallow ensemble
     (``exploration.model``) trained with NLL on ``n_train`` random structures of the production
-    model's training set, validated on its validation set. A bond-graph check stops runs that
-    break molecules."""
+    model's training set, validated on its validation set, or with ``production_model`` the
+    production model itself. A bond-graph check stops runs that break molecules."""
     q = c["exploration"]
-    _, sets = finals
+    models, sets = finals
     train, val = sets[c["production"]["model"]]
     runs = exploration_runs(q.get("udd_heights", []), q.get("udd_widths", []), q.get("erbs_barriers", []),
                             q.get("erbs_bandwidths", []), q.get("erbs_components", []), interval=q["erbs_interval"])
@@ -575,9 +577,12 @@ def _exploration(project: zntrack.Project, c: Campaign, finals: tuple[dict, dict
               "temperature": 300.0, "timestep": 0.5, "steps": q["steps"], "sampling_rate": q["rate"],
               "checks": [{"kind": "bond_graph"}], "on_trigger": "stop"}
     with project.group(c.group, "exploration"):
-        subset = RandomSelection(data=train.frames, n_configurations=q["n_train"], seed=0, name="TrainSubset")
-        model = TrainModel(data=subset.frames, validation_data=val.frames, config=q["model"],
-                           overrides=q.get("overrides", {}), name="Model")
+        if q.get("production_model", False):  # already an NLL shallow ensemble (oracle)
+            model = models[c["production"]["model"]]
+        else:
+            subset = RandomSelection(data=train.frames, n_configurations=q["n_train"], seed=0, name="TrainSubset")
+            model = TrainModel(data=subset.frames, validation_data=val.frames, config=q["model"],
+                               overrides=q.get("overrides", {}), name="Model")
         nodes = [MDSampling(data=seed.frames, model=model, data_id=-1, seed=0, name=name, **common, **options)
                  for name, options in runs.items()]
         ExplorationMetrics(data=nodes, names=list(runs), group=q["group"], descriptor_stride=10, name="Metrics")

@@ -50,7 +50,7 @@ def test_the_oracle_graph_has_every_row_and_the_same_stage_kinds(oracle):
                   "bmim-bf4_ML13_VolumeScan0", "bmim-bf4_ML16_ModelNoD3", "bmim-bf4_ML17_ModelDFT",
                   "bmim-bf4_report_CampaignReport"):
         assert stage in stages, stage
-    assert not any("D3-" in name or "exploration" in name for name in stages)  # no invented D3; no seed-2 study
+    assert not any("D3-" in name for name in stages)  # no invented D3
 
 
 def test_the_force_field_labels_everything(oracle):
@@ -178,3 +178,21 @@ def test_each_iteration_starts_from_the_last_intact_structure_of_the_one_before(
     assert "nodes/bmim-bf4/ML1/NextStart/frames.h5" in stages["bmim-bf4_ML2_MDSampling"]["deps"]
     assert not any(dep.startswith("nodes/bmim-bf4/ML1/GeometryOptimisation")
                    for dep in stages["bmim-bf4_ML2_MDSampling"]["deps"])
+
+
+def test_oracle_exploration_runs_md_udd_and_erbs_with_the_production_model(oracle):
+    """Seed 2 §3.3 on the oracle: MD, UDD and ERBS from the same seed frame, driven by the
+    production model itself (no extra model trained), kernels deposited 20 times per run."""
+    stages, params = oracle["stages"], oracle["params"]
+    runs = {"MD": "md", "UDD-A1-B0p5": "udd", "ERBS-dE1p5-sigma2-k2": "erbs"}
+    assert not any(name.startswith("bmim-bf4_exploration_Model") or "TrainSubset" in name for name in stages)
+    for name, method in runs.items():
+        p = params[f"bmim-bf4_exploration_{name}"]
+        assert p["method"] == method and p["thermostat"] == "berendsen" and p["timestep"] == 0.5
+        assert p["steps"] == params["bmim-bf4_exploration_MD"]["steps"]
+        deps = stages[f"bmim-bf4_exploration_{name}"]["deps"]
+        assert "nodes/bmim-bf4/ML17/ModelDFT/model" in deps  # the production model
+        assert "nodes/bmim-bf4/classical/GromacsSeed/frames.h5" in deps
+    erbs = params["bmim-bf4_exploration_ERBS-dE1p5-sigma2-k2"]
+    assert erbs["steps"] // erbs["bias"]["interval"] == 20
+    assert params["bmim-bf4_exploration_Metrics"]["names"] == list(runs)
