@@ -13,8 +13,10 @@ so every run still deposits 16 kernels (the interval used is reported). ``--fric
 Langevin friction (1/fs, default 0.01; seed 2 states none, and the ERBS runs' coverage depends on
 it because every deposition does work on the molecule that the thermostat has to remove).
 
-The BMIM-BF4 exploration gain (seed 2 §3.3, ``msd_ratio_*``) needs the BMIM-BF4 oracle model,
-which does not exist yet: those fields are null with a ``blocked`` reason.
+The BMIM-BF4 exploration gain (seed 2 §3.3, ``msd_ratio_*``) is read from a finished BMIM-BF4
+oracle project (``--bmim-project``; its ``exploration`` group runs MD, UDD and ERBS with the
+production model, see ``lotf bench validation --bmim``); without one those fields are null with a
+``blocked`` reason.
 
 Prints one JSON object; run as ``python benchmarks/erbs.py [--duration-ps 20] [--budget-s 3600]``.
 """
@@ -22,15 +24,30 @@ Prints one JSON object; run as ``python benchmarks/erbs.py [--duration-ps 20] [-
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import time
+from pathlib import Path
 
 ERBS_A = (25.0, 0.1, 10)
 ERBS_B = (20.0, 0.05, 4)
 GRID = dict(barriers=(5.0, 10.0, 15.0, 20.0, 25.0), bandwidths=(0.05, 0.1, 0.2, 0.5), components=(2, 4, 6, 8, 10))
-BLOCKED = ("needs a model trained by the BMIM-BF4 oracle campaign (ground-truth issue), which does not exist "
-           "yet; seed 2 §3.3's 100 ps MD/UDD/ERBS comparison is not run")
+BLOCKED = ("no BMIM-BF4 oracle project given (--bmim-project): seed 2 §3.3's MD/UDD/ERBS runs are part of the "
+           "oracle campaign (`lotf bench validation --bmim`), too long to run here")
+
+
+def exploration_gain(project: str | Path | None) -> dict:
+    """The MSD ratios of a finished BMIM-BF4 oracle project (benchmarks/validation.py reads them)."""
+    if project is None:
+        return {"msd_ratio_erbs_vs_md": None, "msd_ratio_udd_vs_md": None, "blocked": BLOCKED}
+    spec = importlib.util.spec_from_file_location("lotf_benchmark_validation", Path(__file__).with_name("validation.py"))
+    validation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(validation)
+    out = validation.bmim_exploration_summary(Path(project))
+    if not out:
+        raise ValueError(f"{project}: no finished BMIM-BF4 exploration runs (nodes/bmim-bf4/exploration/Metrics)")
+    return out
 
 
 def scan_order() -> list[tuple[float, float, int]]:
@@ -50,8 +67,10 @@ def scan_order() -> list[tuple[float, float, int]]:
 
 def erbs_benchmark(duration_ps: float = 80.0, budget_s: float = 3600.0, convention: str = "code",
                    max_erbs_runs: int | None = None, sampling_rate: int = 20, seed: int = 0,
-                   friction: float = 0.01) -> dict:
+                   friction: float = 0.01, bmim_project: str | Path | None = None) -> dict:
     from lotf.nodes.alanine import public, run_alanine
+
+    gain = exploration_gain(bmim_project)  # first: a wrong path fails before an hour of MD
 
     if not duration_ps > 0:
         raise ValueError(f"duration_ps must be > 0, got {duration_ps}")
@@ -108,7 +127,7 @@ def erbs_benchmark(duration_ps: float = 80.0, budget_s: float = 3600.0, conventi
         "s_per_run": sum(erbs_wall) / len(erbs_wall),
         "s_per_run_md": (md[300.0]["wall_s"] + md[1200.0]["wall_s"]) / 2,
         "ms_per_step_erbs": sum(r["ms_per_step"] for r in erbs_runs) / len(erbs_runs),
-        "msd_ratio_erbs_vs_md": None, "msd_ratio_udd_vs_md": None, "blocked": BLOCKED,
+        **gain,
         "wall_s": time.perf_counter() - t_start,
         "targets": {"best_ge_0.6": bool(best and best["coverage"] >= 0.6),
                     "md300_below_half_best": bool(best and md[300.0]["coverage"] < 0.5 * best["coverage"])},
@@ -124,9 +143,10 @@ def main(argv=None) -> None:
                         choices=("code", "code_d", "text", "reference", "reference_bessel"))
     parser.add_argument("--max-erbs-runs", type=int, default=None)
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (seed 2 gives none)")
+    parser.add_argument("--bmim-project", default=None, help="finished BMIM-BF4 oracle project for the MSD ratios")
     args = parser.parse_args(argv)
     print(json.dumps(erbs_benchmark(args.duration_ps, args.budget_s, args.convention, args.max_erbs_runs,
-                                    friction=args.friction)))
+                                    friction=args.friction, bmim_project=args.bmim_project)))
 
 
 if __name__ == "__main__":

@@ -89,7 +89,32 @@ def bmim_summary(directory: Path) -> dict:
                                          for k, v in zip(table["iteration"], table["steps_before_stop"])}
     out["bmim_density_ok"] = bool(abs(out["bmim_density_rel_err"]) <= BMIM_DENSITY_TARGET)  # NaN: False
     out["bmim_stable_ok"] = bool(out["bmim_stable_ps"] >= BMIM_STABLE_TARGET_PS)
+    out.update({f"bmim_{k}": v for k, v in bmim_exploration_summary(directory).items()})
     return out
+
+
+def bmim_exploration_summary(directory: Path) -> dict:
+    """Seed 2 §3.3 from a finished BMIM-BF4 oracle project: the largest BF4- centre-of-mass MSD of
+    plain MD, UDD and ERBS driven by the production model (``exploration`` group), and their
+    ratios to MD (seed 2: ERBS up to about 5x). Empty if the project has no exploration runs;
+    a run that broke a molecule (bond-graph stop) keeps the MSD it reached before the stop."""
+    path = Path(directory) / "nodes" / "bmim-bf4" / "exploration" / "Metrics" / "metrics.json"
+    if not path.exists():
+        return {}
+    runs = {name: m for name, m in json.loads(path.read_text()).items() if isinstance(m, dict) and "max_com_msd_A2" in m}
+    md = runs["MD"]["max_com_msd_A2"]
+
+    def best(prefix: str) -> tuple[str | None, float | None]:
+        found = {n: m["max_com_msd_A2"] for n, m in runs.items() if n.startswith(prefix) and m["max_com_msd_A2"] == m["max_com_msd_A2"]}
+        return max(found.items(), key=lambda kv: kv[1]) if found else (None, None)
+
+    (erbs, erbs_msd), (udd, udd_msd) = best("ERBS"), best("UDD")
+    return {
+        "exploration_max_com_msd_A2": {n: m["max_com_msd_A2"] for n, m in runs.items()},
+        "exploration_frames": {n: m.get("n_frames") for n, m in runs.items()},
+        "msd_ratio_erbs_vs_md": erbs_msd / md if erbs else None, "msd_erbs_run": erbs,
+        "msd_ratio_udd_vs_md": udd_msd / md if udd else None, "msd_udd_run": udd,
+    }
 
 
 def _run_oracle(project: Path, campaign: str, profile: str = "oracle") -> None:

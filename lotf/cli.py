@@ -323,10 +323,14 @@ def bench_erbs(duration_ps: float = typer.Option(80.0, help="ps per run (seed 2:
                                               "text, reference or reference_bessel (README \"ERBS benchmark\")"),
                max_erbs_runs: Optional[int] = typer.Option(None, help="at most this many ERBS runs (A and B always)"),
                friction: float = typer.Option(0.01, help="Langevin friction in 1/fs (seed 2 states none; "
-                                              "the coverage depends on it)")):
+                                              "the coverage depends on it)"),
+               bmim_project: Optional[Path] = typer.Option(None, help="a finished BMIM-BF4 oracle project "
+                                                           "(lotf bench validation --bmim): its exploration runs "
+                                                           "give msd_ratio_erbs_vs_md and msd_ratio_udd_vs_md")):
     """Alanine dipeptide (Φ, Ψ) coverage of MD 300/1200 K and ERBS (seed 2 §3.1, Fig. 2)."""
     # a bad value (ValueError) becomes one "error: ..." line in main()
-    out = _load_benchmark("erbs").erbs_benchmark(duration_ps, budget_s, convention, max_erbs_runs, friction=friction)
+    out = _load_benchmark("erbs").erbs_benchmark(duration_ps, budget_s, convention, max_erbs_runs, friction=friction,
+                                                 bmim_project=bmim_project)
     typer.echo(json.dumps(out))
 
 

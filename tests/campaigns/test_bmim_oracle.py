@@ -165,6 +165,34 @@ def test_the_benchmark_summary_reads_the_finished_project(tmp_path):
     assert out["bmim_test_forces_mae_first"] == 300.0 and out["bmim_test_forces_mae_last"] == 90.0
     assert out["bmim_steps_before_stop"]["ML17"] == 40.0 and out["bmim_steps_before_stop"]["ML0"] is None
     json.dumps(out)  # the benchmark prints it as JSON
+    assert "bmim_msd_ratio_erbs_vs_md" not in out  # no exploration runs in this project
+
+
+def test_the_exploration_gain_is_read_from_the_finished_project(tmp_path):
+    """`lotf bench erbs --bmim-project` and `bmim_summary` read seed 2 §3.3's MSD ratios from the
+    oracle's exploration Metrics: the best ERBS and UDD run over plain MD; a run without frames
+    (NaN) is not a candidate; no project gives null ratios with a reason, a wrong one one error."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("erbs_bench", REPO / "benchmarks" / "erbs.py")
+    erbs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(erbs)
+    metrics = tmp_path / "nodes" / "bmim-bf4" / "exploration" / "Metrics"
+    metrics.mkdir(parents=True)
+    (metrics / "metrics.json").write_text(json.dumps({
+        "MD": {"max_com_msd_A2": 2.0, "n_frames": 501},
+        "UDD-A1-B0p5": {"max_com_msd_A2": 3.0, "n_frames": 501},
+        "UDD-A2-B0p5": {"max_com_msd_A2": float("nan"), "n_frames": 0},
+        "ERBS-dE1p5-sigma2-k2": {"max_com_msd_A2": 9.0, "n_frames": 501},
+        "ERBS-dE3-sigma2-k2": {"max_com_msd_A2": 5.0, "n_frames": 120},
+        "pca_explained_variance": [0.5, 0.2]}))
+    out = erbs.exploration_gain(tmp_path)
+    assert out["msd_ratio_erbs_vs_md"] == 4.5 and out["msd_erbs_run"] == "ERBS-dE1p5-sigma2-k2"
+    assert out["msd_ratio_udd_vs_md"] == 1.5 and out["msd_udd_run"] == "UDD-A1-B0p5"
+    assert erbs.exploration_gain(None)["msd_ratio_erbs_vs_md"] is None and erbs.exploration_gain(None)["blocked"]
+    with pytest.raises(ValueError, match="no finished BMIM-BF4 exploration runs"):
+        erbs.exploration_gain(tmp_path / "elsewhere")
 
 
 def test_each_iteration_starts_from_the_last_intact_structure_of_the_one_before(oracle):
