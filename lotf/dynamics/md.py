@@ -13,7 +13,10 @@ same trajectory). Frames are only written after a block succeeded, so none is lo
 Checks and triggers (``on_trigger``): "stop" ends the run and keeps the frames up to the last
 accepted one; "reset" restarts from the start structure and cell with new Maxwell–Boltzmann
 momenta (a fresh key), keeping the bias and the modifier clock, until ``steps`` steps are done
-(seed 2 safe sampling). A failing frame is never written. A NaN check is always added.
+(seed 2 safe sampling). A failing frame is not written, except with ``keep_trigger_frame`` a
+frame that fails uncertainty checks only (the campaign-era IPSuite ASEMD appended the frame that
+triggered its stop: the structure the model is least sure of is the one to label). A frame that
+fails a NaN, bond-graph or other physical check is never written. A NaN check is always added.
 
 The same loop drives an ASE calculator (``ForceField(AseBase(calc), bias)``): the calculator is
 called from inside the jitted step through ``jax.pure_callback``, so checks, modifiers, biases and
@@ -170,6 +173,7 @@ class MDRun:
         seed: PRNG seed of momenta, thermostat noise and resets.
         modifiers, checks: see :mod:`~lotf.dynamics.modifiers`, :mod:`~lotf.dynamics.checks`.
         on_trigger: "stop" or "reset".
+        keep_trigger_frame: write the frame that fails uncertainty checks only (see above).
         trajectory: H5MD output path (None: frames are kept in memory only, ``self.frames``).
         pca_frames: configurations whose ERBS descriptors feed the PCA only (never deposited).
         block_steps: steps per jitted block (rounded up to whole groups); default ~1000 for JAX
@@ -195,6 +199,7 @@ class MDRun:
     modifiers: Sequence[Any] = ()
     checks: Sequence[Any] = ()
     on_trigger: str = "stop"
+    keep_trigger_frame: bool = False
     trajectory: str | os.PathLike | None = None
     pca_frames: Sequence[Atoms] | None = None
     block_steps: int | None = None
@@ -475,6 +480,9 @@ class MDRun:
                             for c, aux in zip(self.check_list, self.check_aux)])
         oks = jnp.stack([jnp.asarray(c.passes(v), bool) for c, v in zip(self.check_list, values)])
         triggered = ran & ~jnp.all(oks)
+        uncertain_only = jnp.all(oks | jnp.asarray([bool(getattr(c, "needs_uncertainty", False))
+                                                    for c in self.check_list]))
+        keep = ~triggered | (self.keep_trigger_frame & uncertain_only)
         first = triggered & (carry.first_stop < 0)
         frame = {
             "positions": state.positions, "momenta": state.momenta, "cell": state.cell,
@@ -483,7 +491,7 @@ class MDRun:
             "energy_uncertainty": state.pred.energy_uncertainty, "forces_uncertainty": state.pred.forces_uncertainty,
             "step": carry.step, "kT": control.kT, "pressure": control.pressure,
             "temperature": temperature(state.momenta, state.masses, self.dof),
-            "accepted": ran & ~triggered & (n_steps == self.sampling_rate),
+            "accepted": ran & keep & (n_steps == self.sampling_rate),
         }
         carry = carry._replace(first_stop=jnp.where(first, carry.step, carry.first_stop),
                                stop_check=jnp.where(first, jnp.argmin(oks).astype(jnp.int32), carry.stop_check))
@@ -571,7 +579,8 @@ class MDRun:
             "modifiers": [repr(m) for m in self.modifiers], "checks": [repr(c) for c in self.checks],
             "bias": [bias_kind(self.forcefield.bias), repr(self.forcefield.bias)],
             "pca_frames": _digest(*(a.positions for a in self.pca_frames)) if self.pca_frames else None,
-            "base": base_id, "on_trigger": self.on_trigger, "n_lists": len(self.specs),
+            "base": base_id, "on_trigger": self.on_trigger,
+            "keep_trigger_frame": bool(self.keep_trigger_frame), "n_lists": len(self.specs),
         }
         return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 

@@ -88,6 +88,8 @@ class MDSampling(zntrack.Node):
             "T_amp": 150, "n_oscillations": 10} (seed 1 eq. 9; kinds temperature/density/pressure).
         checks: list of dicts, e.g. {"kind": "forces_uncertainty", "max_value": 0.5} (seed 1 eq. 8).
         on_trigger: "stop" (keep frames up to the last accepted one) or "reset" (safe sampling).
+        keep_trigger_frame: also keep the frame that failed uncertainty checks only (the
+            campaign-era IPSuite ASEMD did; it is the structure the model is least sure of).
         d3: empty, or D3(BJ) options ({"functional": "b97-3c", "cutoff": 20.0, ...}) to run the
             hybrid MLP+D3 (seed 1's MLP+D3(8 Å) and MLP+D3(20 Å) density runs).
     """
@@ -109,6 +111,7 @@ class MDSampling(zntrack.Node):
     modifiers: list = zntrack.params(default_factory=list)
     checks: list = zntrack.params(default_factory=lambda: [{"kind": "forces_uncertainty", "max_value": 0.5}])
     on_trigger: str = zntrack.params("stop")
+    keep_trigger_frame: bool = zntrack.params(False)
     d3: dict = zntrack.params(default_factory=dict)
 
     frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
@@ -117,7 +120,8 @@ class MDSampling(zntrack.Node):
     def _settings(self) -> dict:
         return {key: getattr(self, key) for key in (
             "data_id", "method", "bias", "ensemble", "thermostat", "thermostat_params", "barostat", "temperature",
-            "timestep", "steps", "sampling_rate", "seed", "modifiers", "checks", "on_trigger", "d3")}
+            "timestep", "steps", "sampling_rate", "seed", "modifiers", "checks", "on_trigger", "keep_trigger_frame",
+            "d3")}
 
     def run(self) -> None:
         from lotf.dynamics import biases, checks, modifiers
@@ -137,7 +141,7 @@ class MDSampling(zntrack.Node):
             sampling_rate=self.sampling_rate, seed=self.seed,
             modifiers=[modifiers.from_dict(m) for m in self.modifiers],
             checks=[checks.from_dict(c) for c in self.checks], on_trigger=self.on_trigger,
-            trajectory=scratch / "frames.h5", checkpoint=scratch / "checkpoint.npz",
+            keep_trigger_frame=self.keep_trigger_frame, trajectory=scratch / "frames.h5", checkpoint=scratch / "checkpoint.npz",
             pca_frames=flatten(self.data) if pca_data else None,
         )
         summary = run.run()

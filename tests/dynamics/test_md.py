@@ -73,6 +73,36 @@ def test_stop_keeps_frames_up_to_the_last_accepted_one(trigger_threshold):
     assert all(a.calc.results["forces_uncertainty"].max() <= threshold for a in run.frames)
 
 
+def test_keep_trigger_frame_writes_the_uncertain_frame_but_never_a_broken_one(trigger_threshold):
+    """keep_trigger_frame (the campaign-era IPSuite ASEMD): the frame that failed the uncertainty
+    check is the run's last frame, at the stop step, above the threshold; the same trajectory
+    otherwise. A frame that fails a physical check (here the bond graph, with a bond-forming
+    form factor) is not written even so."""
+    atoms, threshold = trigger_threshold
+    common = dict(steps=2000, temperature=120.0, sampling_rate=10, seed=7, on_trigger="stop")
+    plain = md(atoms, _uncertainty_forcefield(), Langevin(timestep=5.0, friction=0.02),
+               checks=[checks.ForcesUncertaintyCheck(threshold)], **common)
+    plain.run()
+    keep = md(atoms, _uncertainty_forcefield(), Langevin(timestep=5.0, friction=0.02),
+              checks=[checks.ForcesUncertaintyCheck(threshold)], keep_trigger_frame=True, **common)
+    s = keep.run()
+    assert s.stop_reason == "forces_uncertainty" and s.frames_written == len(plain.frames) + 1
+    last = keep.frames[-1]
+    assert last.info["step"] == s.steps_before_stop
+    assert last.calc.results["forces_uncertainty"].max() > threshold
+    for a, b in zip(keep.frames, plain.frames):
+        np.testing.assert_array_equal(a.positions, b.positions)
+    # argon "bonds" at 1.7 x the covalent radii sum (3.6 Å, the first-neighbour shell), with no
+    # hysteresis: the graph changes within a few steps; the changed frame is never kept
+    bonds = checks.BondGraphCheck(bond_factor=1.7, break_factor=1.7, form_factor=1.7)
+    physical = md(atoms, _uncertainty_forcefield(), Langevin(timestep=5.0, friction=0.02),
+                  checks=[checks.ForcesUncertaintyCheck(1e9), bonds],
+                  keep_trigger_frame=True, **common)
+    s = physical.run()
+    assert s.stop_reason == "bond_graph"
+    assert [a.info["step"] for a in physical.frames] == list(range(10, s.steps_before_stop, 10))
+
+
 def test_safe_sampling_resets_and_finishes_the_requested_steps(trigger_threshold):
     atoms, threshold = trigger_threshold
     run = md(atoms, _uncertainty_forcefield(), Langevin(timestep=5.0, friction=0.02), steps=2000, temperature=120.0,
