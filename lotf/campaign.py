@@ -12,7 +12,8 @@ Profiles: a profile's sections are merged into the file's sections key by key (m
 recursively, anything else replaced). A profile's ``iterations`` is either a list (the table of
 that profile) or a mapping that changes the file's table: ``only`` (the rows to keep, by name),
 ``scale`` (every ``n_select`` / ``n_validation`` times this, at least 1), ``sampling`` (keys set
-in every MD of the table) and ``rows`` (name -> keys merged into that row).
+in every MD of the table), ``screening`` (keys set in every row's screening) and ``rows``
+(name -> keys merged into that row).
 
 The YAML loader turns anchors into shared objects and nothing here copies a value the profile
 leaves alone: ZnTrack writes shared objects as YAML aliases in params.yaml, so the graph of a
@@ -141,6 +142,8 @@ def change_rows(rows: list[dict], change: dict, where: str) -> list[dict]:
         if row.get("name") not in keep:
             continue
         row = _changed(row, change.get("scale"), change.get("sampling"))
+        if change.get("screening") and row.get("screening"):
+            row["screening"] = {**row["screening"], **change["screening"]}
         if row["name"] in change.get("rows", {}):
             row = merged(row, change["rows"][row["name"]])
         out.append(row)

@@ -625,7 +625,8 @@ def _oracle_production(project: zntrack.Project, c: Campaign, models: dict[str, 
     q, group = c["production"], c.group
     model = models[q["model"]]
     T, T_npt = q["temperatures"][0], q["npt_temperatures"][0]
-    run = dict(model=model, timestep=ORACLE_TIMESTEP, thermostat=q["thermostat"], density=None, seed=0, checks=[])
+    run = dict(model=model, timestep=ORACLE_TIMESTEP, thermostat=q["thermostat"], density=None, seed=0,
+               checks=q.get("checks", []))
     with project.group(group, "production"):
         nvt = ProductionMD(data=truth["nvt"].frames, temperature=T, equilibration_steps=q["equilibration_steps"],
                            steps=q["steps"], sampling_rate=q["rate"], name=f"NVT{T:.0f}K", **run)

@@ -6,7 +6,11 @@ Two tests, each optional, run on every pool structure before a selection rule se
   the threshold of their element pair. The default threshold is ``min_distance_factor`` times the
   sum of the covalent radii (ASE's Cordero radii; 0.6 gives 0.37 Å for H-H, 0.64 Å for C-H,
   0.85 Å for B-F, far below any distance a physical liquid visits); ``pair_distances`` sets
-  pairs explicitly, e.g. ``{"H-H": 0.6}`` (Å, element order does not matter).
+  pairs explicitly, e.g. ``{"H-H": 0.6}`` (Å, element order does not matter). With
+  ``contact_factor``, a pair that is not covalently bonded (d >= ``bond_factor`` × the covalent
+  sum) also fails closer than ``contact_factor`` × the sum of the van der Waals radii (ASE's): an
+  intermolecular contact no liquid makes, such as a cation H pushed 1.3 Å into a BF4- (see
+  :class:`~lotf.dynamics.checks.BondGraphCheck`, which uses the same rule during MD).
 * **intact molecules**: the covalent bond graph (a bond where d < ``bond_factor`` × (r_i + r_j))
   is split into molecules, and each molecule is described by its Hill formula and its number of
   bonds. A structure fails when it contains a molecule that the reference structures do not
@@ -26,10 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
-from ase.data import covalent_radii
+from ase.data import covalent_radii, vdw_radii
 from ase.neighborlist import neighbor_list
 
-SCREENING_KEYS = ("min_distance_factor", "pair_distances", "intact_molecules", "bond_factor")
+SCREENING_KEYS = ("min_distance_factor", "pair_distances", "intact_molecules", "bond_factor", "contact_factor")
 
 
 class ScreeningError(ValueError):
@@ -48,6 +52,7 @@ class Screening:
     pair_distances: dict = field(default_factory=dict)
     intact_molecules: bool = False
     bond_factor: float = 1.2
+    contact_factor: float | None = None
 
     @classmethod
     def from_dict(cls, settings: dict | None) -> "Screening | None":
@@ -61,6 +66,8 @@ class Screening:
         out = cls(**settings)
         if out.min_distance_factor is not None and not 0 < out.min_distance_factor < 1:
             raise ScreeningError(f"screening: min_distance_factor must be in (0, 1), got {out.min_distance_factor}")
+        if out.contact_factor is not None and not 0 < out.contact_factor < 1:
+            raise ScreeningError(f"screening: contact_factor must be in (0, 1), got {out.contact_factor}")
         if not out.bond_factor > 1:
             raise ScreeningError(f"screening: bond_factor must be > 1, got {out.bond_factor}")
         pairs = {}
@@ -86,7 +93,8 @@ def closest_contact(atoms: Atoms, screening: Screening) -> tuple[float, tuple[in
     numbers = atoms.numbers
     symbols = atoms.get_chemical_symbols()
     radius = max([*screening.pair_distances.values(), 0.0,
-                  (screening.min_distance_factor or 0.0) * 2 * float(covalent_radii[np.unique(numbers)].max())])
+                  (screening.min_distance_factor or 0.0) * 2 * float(covalent_radii[np.unique(numbers)].max()),
+                  (screening.contact_factor or 0.0) * 2 * float(vdw_radii[np.unique(numbers)].max())])
     if radius <= 0 or len(atoms) < 2:
         return np.inf, None
     i, j, d = neighbor_list("ijd", atoms, radius)
@@ -95,6 +103,10 @@ def closest_contact(atoms: Atoms, screening: Screening) -> tuple[float, tuple[in
     if len(d) == 0:
         return np.inf, None
     limits = np.array([screening.threshold(symbols[a], symbols[b], numbers[a], numbers[b]) for a, b in zip(i, j)])
+    if screening.contact_factor is not None:  # non-bonded pairs: also the van der Waals contact
+        bonded = d < screening.bond_factor * (covalent_radii[numbers[i]] + covalent_radii[numbers[j]])
+        contact = screening.contact_factor * (vdw_radii[numbers[i]] + vdw_radii[numbers[j]])
+        limits = np.where(bonded, limits, np.maximum(limits, contact))
     with np.errstate(divide="ignore"):
         ratio = np.where(limits > 0, d / np.where(limits > 0, limits, 1.0), np.inf)
     k = int(np.argmin(ratio))
