@@ -2,6 +2,7 @@
 with the reference's own MD as ground truth (README "Ground truth: the oracle profile")."""
 
 import math
+import re
 import os
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def test_the_truth_runs_and_the_comparison(oracle):
     report_deps = " ".join(stages["bmim-bf4_report_CampaignReport"]["deps"])
     assert "reference/TestSet" in report_deps and "classical/TestSet" not in report_deps
     production = params["bmim-bf4_production_NVT353K"]
-    assert production["checks"] == [] and production["ensemble"] == "nvt"  # no uncertainty stop
+    assert production["ensemble"] == "nvt"  # no uncertainty stop: only the bond and contact check
+    assert [c["kind"] for c in production["checks"]] == ["bond_graph"]
     assert params["bmim-bf4_production_NPT300K"]["ensemble"] == "npt"
     for stage in ("bmim-bf4_production_Comparison", "bmim-bf4_production_DensityComparison",
                   "bmim-bf4_reference_Density", "bmim-bf4_production_Density"):
@@ -224,3 +226,20 @@ def test_oracle_exploration_runs_md_udd_and_erbs_with_the_production_model(oracl
     erbs = params["bmim-bf4_exploration_ERBS-dE1p5-sigma2-k2"]
     assert erbs["steps"] // erbs["bias"]["interval"] == 20
     assert params["bmim-bf4_exploration_Metrics"]["names"] == list(runs)
+
+
+def test_oracle_refuses_non_bonded_contacts_in_md_screening_and_production(oracle):
+    """The contact rule (0.55 x the van der Waals sum) in every loop MD's bond check, every row's
+    screening (selection and hand-on), and the production runs that measure stable_ps; the
+    profile's `iterations.screening` is merged into each row's own screening."""
+    stages, params = oracle["stages"], oracle["params"]
+    loop = [name for name in stages if re.fullmatch(r"bmim-bf4_ML\d+_MDSampling", name)]
+    assert len(loop) >= 10
+    for name in loop:
+        bond = [c for c in params[name]["checks"] if c["kind"] == "bond_graph"]
+        assert bond and bond[0]["contact_factor"] == 0.55, name
+    for name in ("bmim-bf4_ML5_MaxDistSelection", "bmim-bf4_ML5_NextStart"):
+        screening = params[name]["screening"]
+        assert screening["contact_factor"] == 0.55 and screening["intact_molecules"] is True
+    for run in ("NVT353K", "NPT300K"):
+        assert params[f"bmim-bf4_production_{run}"]["checks"] == [{"kind": "bond_graph", "contact_factor": 0.55}]

@@ -259,6 +259,27 @@ def test_bond_graph_check_detects_broken_and_new_bonds():
     assert float(check.value(_fake_state(ff, shaken), aux, 3)) == 0
 
 
+def test_bond_graph_contact_factor_catches_a_non_bonded_contact():
+    """With contact_factor, an atom of another molecule inside factor x (vdW sum) counts as a new
+    bond although it is beyond the covalent test (the tenth BMIM-BF4 oracle run's H inside BF4-)."""
+    atoms = molecule("CH4") + Atoms("Ar", positions=[[4.5, 0.0, 0.0]])
+    atoms.cell = [12.0, 12.0, 12.0]
+    atoms.pbc = True
+    atoms.center()
+    ff = lj_forcefield()
+    covalent, contact = checks.BondGraphCheck(), checks.BondGraphCheck(contact_factor=0.55)
+    aux_covalent, aux_contact = covalent.setup(atoms, ff), contact.setup(atoms, ff)
+    assert float(covalent.value(_fake_state(ff, atoms), aux_covalent, 3)) == 0
+    assert float(contact.value(_fake_state(ff, atoms), aux_contact, 3)) == 0  # bonds and H-C-H pairs pass
+    close = atoms.copy()
+    u = close.positions[1] - close.positions[0]
+    close.positions[5] = close.positions[1] + 1.6 * u / np.linalg.norm(u)  # H-Ar 1.6 Å: 0.52 x (1.2 + 1.88)
+    assert float(covalent.value(_fake_state(ff, close), aux_covalent, 3)) == 0
+    assert float(contact.value(_fake_state(ff, close), aux_contact, 3)) > 0
+    with pytest.raises(ValueError, match="contact_factor must be in"):
+        checks.BondGraphCheck(contact_factor=1.5)
+
+
 def test_bad_input_fails_with_one_clear_line():
     with pytest.raises(ValueError, match="'steps' must be a positive integer"):
         md(argon_fcc(2), steps=0).run()

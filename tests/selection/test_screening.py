@@ -144,3 +144,29 @@ def test_selection_nodes_save_with_an_empty_or_fully_screened_pool(workdir, cls,
         assert node.frames == [] and node.excluded_frames == [] and node.selected_ids == []
         assert node.metrics["n_selected"] == 0 and node.metrics["n_requested"] == 2
         assert node.metrics["n_screened"] == len(data)
+
+
+def test_contact_factor_refuses_a_non_bonded_pair_inside_the_van_der_waals_contact():
+    """A cation H pushed 1.3 Å into a BF4- passed the covalent tests (tenth BMIM-BF4 oracle run).
+    With contact_factor, a non-bonded pair closer than factor x (vdW sum) fails; bonds (here B-F
+    at 1.39 Å, C-H) and geminal pairs (F-B-F 2.27 Å, H-C-H 1.78 Å) never do."""
+    anion = ase.Atoms("BF4", positions=[[0, 0, 0], [0.8, 0.8, 0.8], [-0.8, -0.8, 0.8], [-0.8, 0.8, -0.8],
+                                        [0.8, -0.8, -0.8]], cell=[12.0] * 3, pbc=True)
+    methane = molecule("CH4")
+    methane.rotate(methane.positions[1] - methane.positions[0], (-1, -1, -1))  # C-H-F in a line
+    methane.translate([4.5, 0, 0])
+    apart = anion + methane
+    setting = scr.Screening.from_dict({"contact_factor": 0.55, "min_distance_factor": 0.6})
+    plain = scr.Screening.from_dict({"min_distance_factor": 0.6})
+    assert scr.closest_contact(apart, setting)[0] > 1.0
+    pushed = apart.copy()
+    h = 6  # the H whose C-H bond points along (1, 1, 1), like B-F(1)
+    pushed.positions[5:] += pushed.positions[1] + 0.75 * np.ones(3) - pushed.positions[h]  # H-F 1.3 Å
+    assert pushed.get_distance(1, h) == pytest.approx(1.299, abs=1e-3)
+    ratio, pair = scr.closest_contact(pushed, setting)
+    assert ratio < 1.0 and set(pair) == {1, h}
+    assert scr.closest_contact(pushed, plain)[0] > 1.0  # the covalent test alone lets it through
+    result = scr.screen([apart, pushed], setting)
+    assert list(result.keep) == [True, False] and "(F)" in result.details[1] and "(H)" in result.details[1]
+    with pytest.raises(scr.ScreeningError, match="contact_factor must be in"):
+        scr.Screening.from_dict({"contact_factor": 1.5})
