@@ -24,7 +24,6 @@ Prints one JSON object; run as ``python benchmarks/erbs.py [--duration-ps 20] [-
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import time
@@ -41,10 +40,9 @@ def exploration_gain(project: str | Path | None) -> dict:
     """The MSD ratios of a finished BMIM-BF4 oracle project (benchmarks/validation.py reads them)."""
     if project is None:
         return {"msd_ratio_erbs_vs_md": None, "msd_ratio_udd_vs_md": None, "blocked": BLOCKED}
-    spec = importlib.util.spec_from_file_location("lotf_benchmark_validation", Path(__file__).with_name("validation.py"))
-    validation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(validation)
-    out = validation.bmim_exploration_summary(Path(project))
+    from lotf.cli import _load_benchmark  # the benchmarks are scripts, loaded by path
+
+    out = _load_benchmark("validation").bmim_exploration_summary(Path(project))
     if not out:
         raise ValueError(f"{project}: no finished BMIM-BF4 exploration runs (nodes/bmim-bf4/exploration/Metrics)")
     return out

@@ -163,16 +163,10 @@ class BondGraphCheck:
         if self.contact_factor is not None and not 0 < self.contact_factor < 1:
             raise ValueError(f"BondGraphCheck: contact_factor must be in (0, 1), got {self.contact_factor}")
 
-    def _limits(self, numbers) -> tuple[np.ndarray, np.ndarray]:
-        """Per-atom (covalent radius, van der Waals radius x contact_factor / form_factor): the
-        new-bond distance of a pair is form_factor x the larger of the two sums."""
-        radii = covalent_radii[numbers]
-        if self.contact_factor is None:
-            return radii, np.zeros_like(radii)
-        return radii, vdw_radii[numbers] * self.contact_factor / self.form_factor
-
     def setup(self, atoms: Atoms, forcefield) -> Any:
-        radii, contact = self._limits(atoms.get_atomic_numbers())
+        radii = covalent_radii[atoms.get_atomic_numbers()]
+        # per-atom half of the contact distance (0 without contact_factor: the covalent test decides)
+        contact = vdw_radii[atoms.get_atomic_numbers()] * (self.contact_factor or 0.0)
         if not np.all(np.isfinite(contact)):
             raise ValueError("BondGraphCheck: contact_factor needs van der Waals radii of every element")
         pbc = np.asarray(atoms.pbc, bool)
@@ -186,9 +180,9 @@ class BondGraphCheck:
         mask = np.ones(len(i), bool)
         if len(i) == 0:  # keep static shapes non-empty
             i, j, s, rsum, mask = np.zeros(1, int), np.zeros(1, int), np.zeros((1, 3)), np.ones(1), np.zeros(1, bool)
-        list_index = forcefield.require_cutoff(self.form_factor * 2.0 * max(radii.max(), contact.max()) + 1e-6,
+        list_index = forcefield.require_cutoff(2.0 * max(self.form_factor * radii.max(), contact.max()) + 1e-6,
                                                at_least=True)
-        limit = np.maximum(rsum, contact[i] + contact[j])  # start bonds: the same new-bond test as close_now
+        limit = np.maximum(self.form_factor * rsum, contact[i] + contact[j])  # start bonds: close_now's test
         return (list_index, jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32), jnp.asarray(s),
                 jnp.asarray(rsum), jnp.asarray(mask), jnp.asarray(radii), jnp.asarray(contact), jnp.asarray(limit))
 
@@ -196,13 +190,14 @@ class BondGraphCheck:
         list_index, bi, bj, bs, rsum, bmask, radii, contact, limit = aux
         d_bond = jnp.linalg.norm(state.positions[bj] - state.positions[bi] + bs @ state.cell, axis=1)
         broken = jnp.sum(bmask & (d_bond > self.break_factor * rsum))
-        init_close = jax.ops.segment_sum((bmask & (d_bond < self.form_factor * limit)).astype(jnp.int32), bi,
+        init_close = jax.ops.segment_sum((bmask & (d_bond < limit)).astype(jnp.int32), bi,
                                          num_segments=state.positions.shape[0])
         nb = state.nbrs[list_index]
         vec = state.positions[nb.idx] - state.positions[:, None, :] + nb.shifts @ state.cell
         d = jnp.linalg.norm(vec, axis=-1)
-        pair_limit = jnp.maximum(radii[:, None] + radii[nb.idx], contact[:, None] + contact[nb.idx])
-        close_now = jnp.sum(nb.mask & (d < self.form_factor * pair_limit), axis=1)
+        pair_limit = jnp.maximum(self.form_factor * (radii[:, None] + radii[nb.idx]),
+                                 contact[:, None] + contact[nb.idx])
+        close_now = jnp.sum(nb.mask & (d < pair_limit), axis=1)
         formed = jnp.sum(jnp.maximum(close_now - init_close, 0))
         return (broken + formed).astype(jnp.float64)
 

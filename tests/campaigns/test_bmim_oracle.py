@@ -174,12 +174,11 @@ def test_the_exploration_gain_is_read_from_the_finished_project(tmp_path):
     """`lotf bench erbs --bmim-project` and `bmim_summary` read seed 2 §3.3's MSD ratios from the
     oracle's exploration Metrics: the best ERBS and UDD run over plain MD; a run without frames
     (NaN) is not a candidate; no project gives null ratios with a reason, a wrong one one error."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("erbs_bench", REPO / "benchmarks" / "erbs.py")
-    erbs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(erbs)
+    from lotf.cli import _load_benchmark
+
+    erbs = _load_benchmark("erbs")
     metrics = tmp_path / "nodes" / "bmim-bf4" / "exploration" / "Metrics"
     metrics.mkdir(parents=True)
     (metrics / "metrics.json").write_text(json.dumps({
