@@ -96,7 +96,7 @@ def _reference_erbs():
 def erbs_bias(barrier: float, bandwidth: float, n_components: int, interval: int, convention: str = "code",
               temperature: float = 300.0):
     """lotf's :class:`~lotf.dynamics.biases.ERBS` for a seed-2 (ΔE, σ, k) in the given convention."""
-    from lotf.dynamics.biases import ERBS
+    from lotf.dynamics.biases import ERBS, seed2_erbs_parameters
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
@@ -105,13 +105,9 @@ def erbs_bias(barrier: float, bandwidth: float, n_components: int, interval: int
     extra = {}
     if convention.startswith("reference"):
         extra = dict(few_refs="random", radial_basis="bessel" if convention == "reference_bessel" else "gaussian")
-    if convention != "text":
-        barrier_ev = barrier * units.kB * temperature
-        sigma = float(np.sqrt(bandwidth))
-    else:
-        barrier_ev, sigma = barrier, bandwidth
-    return cls(temperature=temperature, barrier=float(barrier_ev), per_atom=False, bandwidth=sigma,
-               n_components=int(n_components), interval=int(interval), r_min=1.5, r_max=6.0, n_basis=4, **extra)
+    # every convention but "text" reads (ΔE, σ) as the erbs code does; ΔE for the whole molecule
+    reading = "text" if convention == "text" else "code"
+    return cls(**seed2_erbs_parameters(barrier, bandwidth, n_components, interval, reading, temperature), **extra)
 
 
 def coverage_curve(phi: np.ndarray, psi: np.ndarray, times_fs: np.ndarray, every_fs: float = 1000.0,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ase import units
 
 from lotf.campaign import load_campaign
 from tests.campaigns.test_build import REPO, lotf
@@ -225,6 +226,22 @@ def test_oracle_exploration_runs_md_udd_and_erbs_with_the_production_model(oracl
     erbs = params["bmim-bf4_exploration_ERBS-dE1p5-sigma2-k2"]
     assert erbs["steps"] // erbs["bias"]["interval"] == 20
     assert params["bmim-bf4_exploration_Metrics"]["names"] == list(runs)
+    # seed 2's (ΔE 1.5, σ 2) as the erbs code reads them: 1.5 k_B T for the whole box, σ a variance
+    # (read as "1.5 eV per atom" the bias is 450 eV and broke a molecule within 0.24 ps)
+    assert erbs["bias"]["barrier"] == pytest.approx(1.5 * units.kB * 300.0)
+    assert erbs["bias"]["per_atom"] is False and erbs["bias"]["bandwidth"] == pytest.approx(2.0**0.5)
+
+
+def test_exploration_runs_read_seed2_erbs_parameters_in_either_convention():
+    from stages.ionic_liquid import exploration_runs
+
+    code = exploration_runs([], [], [0.5], [], [], interval=100)["ERBS-dE0p5-sigma2-k2"]["bias"]
+    assert code["barrier"] == pytest.approx(0.5 * units.kB * 300.0) and code["per_atom"] is False
+    assert code["bandwidth"] == pytest.approx(2.0**0.5) and code["interval"] == 100
+    text = exploration_runs([], [], [], [5.0], [], interval=100, erbs_convention="text")["ERBS-dE1p5-sigma5-k2"]["bias"]
+    assert (text["barrier"], text["per_atom"], text["bandwidth"]) == (1.5, True, 5.0)
+    with pytest.raises(ValueError, match="ERBS convention must be one of code, text"):
+        exploration_runs([], [], [1.5], [], [], erbs_convention="paper")
 
 
 def test_oracle_refuses_non_bonded_contacts_in_md_screening_and_production(oracle):
