@@ -77,11 +77,14 @@ def test_the_d3_free_and_final_models_start_from_the_loop_model(oracle, tmp_path
                     "bmim-bf4_ML17_ModelDFT": ["nodes/bmim-bf4/ML16/TrainModel/model"]}
     paper = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert not [d for d in paper["bmim-bf4_ML16_ModelNoD3"]["deps"] if d.endswith("/model")]
-    text = CAMPAIGN.read_text().replace("final_variants: {DFT: {overrides: {training: {warm_start_epochs: 24}}}}",
-                                        "final_variants: {DFT: {overrides: {model: {r_max: 6.0}}}}")
-    assert "r_max: 6.0" in text
+    # the production model alone weighs energy and stress up (the density; README "Ground truth")
+    training = oracle["params"]["bmim-bf4_ML17_ModelDFT"]["overrides"]["training"]
+    assert training["energy_loss"]["weight"] == 20.0 and training["stress_loss"]["weight"] == 2.0
+    assert oracle["params"]["bmim-bf4_ML16_TrainModel"]["overrides"] == {}
+    campaign = yaml.safe_load(CAMPAIGN.read_text())
+    campaign["profiles"]["oracle"]["model"]["final_variants"] = {"DFT": {"overrides": {"model": {"r_max": 6.0}}}}
     changed = tmp_path / "bmim_bf4.yaml"
-    changed.write_text(text)
+    changed.write_text(yaml.safe_dump(campaign, sort_keys=False))
     run = lotf("build", "--config", str(changed), "--profile", "oracle", "--out", str(tmp_path / "out"), cwd=REPO)
     assert run.returncode != 0 and run.stderr.strip().count("\n") == 0
     assert "final_variants DFT: warm_start_final needs the loop's model architecture, but 'r_max' differs (5.0 vs 6.0)" in run.stderr
