@@ -67,11 +67,13 @@ def _stage_name(label: str) -> str:
 
 
 def exploration_runs(udd_heights, udd_widths, erbs_barriers, erbs_bandwidths, erbs_components,
-                     interval: int = 10_000, erbs_convention: str = "code") -> dict[str, dict]:
+                     interval: int = 10_000, erbs_convention: str = "code",
+                     temperature: float = 300.0) -> dict[str, dict]:
     """Seed 2 §3.3: plain MD, UDD on an A x B grid and ERBS scanned one parameter at a time
     around ΔE 1.5, σ 2.0, k 2 (kernels every ``interval`` steps, 5 ps at 0.5 fs). ``erbs_convention``
     reads (ΔE, σ) as the erbs code does ("code": ΔE = 1.5 k_B T, σ a variance) or as the text
-    writes ("text": 1.5 eV per atom, 450 eV for 300 atoms); :func:`lotf.dynamics.biases.seed2_erbs_parameters`."""
+    writes ("text": 1.5 eV per atom, 450 eV for 300 atoms); :func:`lotf.dynamics.biases.seed2_erbs_parameters`.
+    ``temperature``: the runs' thermostat temperature (the k_B T of the "code" reading)."""
     from lotf.dynamics.biases import seed2_erbs_parameters
 
     runs: dict[str, dict] = {"MD": {"method": "md"}}
@@ -85,7 +87,8 @@ def exploration_runs(udd_heights, udd_widths, erbs_barriers, erbs_bandwidths, er
         for value in values:
             seed2 = {**base, key: value}
             name = f"ERBS-dE{seed2['barrier']:g}-sigma{seed2['bandwidth']:g}-k{seed2['n_components']}"
-            bias = seed2_erbs_parameters(**seed2, interval=interval, convention=erbs_convention, text_per_atom=True)
+            bias = seed2_erbs_parameters(**seed2, interval=interval, convention=erbs_convention,
+                                         temperature=temperature, text_per_atom=True)
             runs[_stage_name(name)] = {"method": "erbs", "bias": bias}
     return runs
 
@@ -576,12 +579,12 @@ def _exploration(project: zntrack.Project, c: Campaign, finals: tuple[dict, dict
     q = c["exploration"]
     models, sets = finals
     train, val = sets[c["production"]["model"]]
-    runs = exploration_runs(q.get("udd_heights", []), q.get("udd_widths", []), q.get("erbs_barriers", []),
-                            q.get("erbs_bandwidths", []), q.get("erbs_components", []), interval=q["erbs_interval"],
-                            erbs_convention=q.get("erbs_convention", "code"))
     common = {"ensemble": "nvt", "thermostat": "berendsen", "thermostat_params": {"tau": 500.0},
               "temperature": 300.0, "timestep": 0.5, "steps": q["steps"], "sampling_rate": q["rate"],
               "checks": [{"kind": "bond_graph"}], "on_trigger": "stop"}
+    runs = exploration_runs(q.get("udd_heights", []), q.get("udd_widths", []), q.get("erbs_barriers", []),
+                            q.get("erbs_bandwidths", []), q.get("erbs_components", []), interval=q["erbs_interval"],
+                            erbs_convention=q.get("erbs_convention", "code"), temperature=common["temperature"])
     with project.group(c.group, "exploration"):
         if q.get("production_model", False):  # already an NLL shallow ensemble (oracle)
             model = models[c["production"]["model"]]
