@@ -40,8 +40,12 @@ def test_the_oracle_keeps_every_table_1_row():
             # Table 1's uncertainty stop (at 2.0 eV/Å) plus a stop when a covalent bond breaks or forms
             assert [check["kind"] for check in old["sampling"]["checks"]] == ["forces_uncertainty"]
             assert [check["kind"] for check in new["sampling"]["checks"]] == ["forces_uncertainty", "bond_graph"]
-    ml16 = {row["name"]: row for row in oracle.iterations}["ML16"]
-    assert [sampler["sampling"]["checks"] for sampler in ml16["options"]["samplers"]] == [[]]  # as published
+    rows = {row["name"]: row for row in oracle.iterations}
+    assert [sampler["sampling"]["checks"] for sampler in rows["ML16"]["options"]["samplers"]] == [[]]  # as published
+    # the NPT samplers start from the seed's frame, not from the loop model's FIRE result (published:
+    # geo_opt), which puts a cation H into an anion (README "Ground truth", fourteenth run)
+    assert [sampler["start"] for sampler in rows["ML16"]["options"]["samplers"]] == ["seed"]
+    assert [sampler["start"] for sampler in rows["ML17"]["options"]["samplers"]] == ["seed", "seed"]
 
 
 def test_the_oracle_graph_has_every_row_and_the_same_stage_kinds(oracle):
@@ -53,6 +57,9 @@ def test_the_oracle_graph_has_every_row_and_the_same_stage_kinds(oracle):
                   "bmim-bf4_report_CampaignReport"):
         assert stage in stages, stage
     assert not any("D3-" in name for name in stages)  # no invented D3
+    for md in ("bmim-bf4_ML16_MD0", "bmim-bf4_ML17_MD1"):  # the NPT samplers, from the seed's frames
+        assert "nodes/bmim-bf4/classical/GromacsSeed/frames.h5" in stages[md]["deps"], md
+        assert not any("GeoOpt" in dep for dep in stages[md]["deps"]), md
 
 
 def test_the_force_field_labels_everything(oracle):
