@@ -67,19 +67,24 @@ def _stage_name(label: str) -> str:
 
 
 def exploration_runs(udd_heights, udd_widths, erbs_barriers, erbs_bandwidths, erbs_components,
-                     interval: int = 10_000, erbs_convention: str = "code",
+                     interval: int = 10_000, seed2_convention: str = "code",
                      temperature: float = 300.0) -> dict[str, dict]:
     """Seed 2 §3.3: plain MD, UDD on an A x B grid and ERBS scanned one parameter at a time
-    around ΔE 1.5, σ 2.0, k 2 (kernels every ``interval`` steps, 5 ps at 0.5 fs). ``erbs_convention``
-    reads (ΔE, σ) as the erbs code does ("code": ΔE = 1.5 k_B T, σ a variance) or as the text
-    writes ("text": 1.5 eV per atom, 450 eV for 300 atoms); :func:`lotf.dynamics.biases.seed2_erbs_parameters`.
-    ``temperature``: the runs' thermostat temperature (the k_B T of the "code" reading)."""
-    from lotf.dynamics.biases import seed2_erbs_parameters
+    around ΔE 1.5, σ 2.0, k 2 (kernels every ``interval`` steps, 5 ps at 0.5 fs).
+    ``seed2_convention`` reads the parameters as the apax/erbs code that produced seed 2's numbers
+    does ("code": ERBS ΔE = 1.5 k_B T and σ a variance; UDD's A the height of the whole bias, eV)
+    or as the text writes ("text": ΔE 1.5 eV and A eV per atom, 450 and 300 eV for 300 atoms);
+    :func:`lotf.dynamics.biases.seed2_erbs_parameters`. ``temperature``: the runs' thermostat
+    temperature (the k_B T of the "code" reading)."""
+    from lotf.dynamics.biases import SEED2_CONVENTIONS, seed2_erbs_parameters
 
+    if seed2_convention not in SEED2_CONVENTIONS:  # also without ERBS runs
+        raise ValueError(f"seed 2 convention must be one of {', '.join(SEED2_CONVENTIONS)}, got {seed2_convention!r}")
     runs: dict[str, dict] = {"MD": {"method": "md"}}
     for a in udd_heights:
         for b in udd_widths:
-            runs[_stage_name(f"UDD-A{a:g}-B{b:g}")] = {"method": "udd", "bias": {"height": a, "width": b, "per_atom": True}}
+            udd = {"height": a, "width": b, "per_atom": seed2_convention == "text"}
+            runs[_stage_name(f"UDD-A{a:g}-B{b:g}")] = {"method": "udd", "bias": udd}
     base = {"barrier": 1.5, "bandwidth": 2.0, "n_components": 2}
     scans = [("barrier", "dE", erbs_barriers), ("bandwidth", "sigma", erbs_bandwidths),
              ("n_components", "k", erbs_components)]
@@ -87,7 +92,7 @@ def exploration_runs(udd_heights, udd_widths, erbs_barriers, erbs_bandwidths, er
         for value in values:
             seed2 = {**base, key: value}
             name = f"ERBS-dE{seed2['barrier']:g}-sigma{seed2['bandwidth']:g}-k{seed2['n_components']}"
-            bias = seed2_erbs_parameters(**seed2, interval=interval, convention=erbs_convention,
+            bias = seed2_erbs_parameters(**seed2, interval=interval, convention=seed2_convention,
                                          temperature=temperature, text_per_atom=True)
             runs[_stage_name(name)] = {"method": "erbs", "bias": bias}
     return runs
@@ -584,7 +589,7 @@ def _exploration(project: zntrack.Project, c: Campaign, finals: tuple[dict, dict
               "checks": [{"kind": "bond_graph"}], "on_trigger": "stop"}
     runs = exploration_runs(q.get("udd_heights", []), q.get("udd_widths", []), q.get("erbs_barriers", []),
                             q.get("erbs_bandwidths", []), q.get("erbs_components", []), interval=q["erbs_interval"],
-                            erbs_convention=q.get("erbs_convention", "code"), temperature=common["temperature"])
+                            seed2_convention=q.get("seed2_convention", "code"), temperature=common["temperature"])
     with project.group(c.group, "exploration"):
         if q.get("production_model", False):  # already an NLL shallow ensemble (oracle)
             model = models[c["production"]["model"]]

@@ -242,16 +242,23 @@ def test_oracle_exploration_runs_md_udd_and_erbs_with_the_production_model(oracl
     assert erbs["bias"]["per_atom"] is False and erbs["bias"]["bandwidth"] == pytest.approx(2.0**0.5)
 
 
-def test_exploration_runs_read_seed2_erbs_parameters_in_either_convention():
+def test_exploration_runs_read_seed2_parameters_in_either_convention():
+    """ERBS (ΔE, σ) and UDD's A, as the apax/erbs code reads them or as seed 2's text writes them."""
     from stages.ionic_liquid import exploration_runs
 
-    code = exploration_runs([], [], [0.5], [], [], interval=100)["ERBS-dE0p5-sigma2-k2"]["bias"]
+    runs = exploration_runs([1.0], [0.5], [0.5], [], [], interval=100)
+    code = runs["ERBS-dE0p5-sigma2-k2"]["bias"]
     assert code["barrier"] == pytest.approx(0.5 * units.kB * 300.0) and code["per_atom"] is False
     assert code["bandwidth"] == pytest.approx(2.0**0.5) and code["interval"] == 100
-    text = exploration_runs([], [], [], [5.0], [], interval=100, erbs_convention="text")["ERBS-dE1p5-sigma5-k2"]["bias"]
+    # apax's UncertaintyDrivenDynamics(height=A): E_UDD in [-A, 0] for the whole box, A in eV
+    assert runs["UDD-A1-B0p5"]["bias"] == {"height": 1.0, "width": 0.5, "per_atom": False}
+    runs = exploration_runs([1.0], [0.5], [], [5.0], [], interval=100, seed2_convention="text")
+    text = runs["ERBS-dE1p5-sigma5-k2"]["bias"]
     assert (text["barrier"], text["per_atom"], text["bandwidth"]) == (1.5, True, 5.0)
-    with pytest.raises(ValueError, match="ERBS convention must be one of code, text"):
-        exploration_runs([], [], [1.5], [], [], erbs_convention="paper")
+    assert runs["UDD-A1-B0p5"]["bias"] == {"height": 1.0, "width": 0.5, "per_atom": True}  # 1 eV per atom
+    for erbs in ([1.5], []):  # refused also when no ERBS run reads it
+        with pytest.raises(ValueError, match="convention must be one of code, text, got 'paper'"):
+            exploration_runs([1.0], [0.5], erbs, [], [], seed2_convention="paper")
 
 
 def test_oracle_refuses_non_bonded_contacts_in_md_screening_and_production(oracle):
