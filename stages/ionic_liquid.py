@@ -74,17 +74,16 @@ def exploration_runs(udd_heights, udd_widths, erbs_barriers, erbs_bandwidths, er
     ``seed2_convention`` reads the parameters as the apax/erbs code that produced seed 2's numbers
     does ("code": ERBS ΔE = 1.5 k_B T and σ a variance; UDD's A the height of the whole bias, eV)
     or as the text writes ("text": ΔE 1.5 eV and A eV per atom, 450 and 300 eV for 300 atoms);
-    :func:`lotf.dynamics.biases.seed2_erbs_parameters`. ``temperature``: the runs' thermostat
-    temperature (the k_B T of the "code" reading)."""
-    from lotf.dynamics.biases import SEED2_CONVENTIONS, seed2_erbs_parameters
+    :func:`lotf.dynamics.biases.seed2_erbs_parameters` and ``seed2_udd_parameters``.
+    ``temperature``: the runs' thermostat temperature (the k_B T of the "code" reading)."""
+    from lotf.dynamics.biases import check_seed2_convention, seed2_erbs_parameters, seed2_udd_parameters
 
-    if seed2_convention not in SEED2_CONVENTIONS:  # also without ERBS runs
-        raise ValueError(f"seed 2 convention must be one of {', '.join(SEED2_CONVENTIONS)}, got {seed2_convention!r}")
+    check_seed2_convention(seed2_convention)  # also when the campaign has no UDD or ERBS runs
     runs: dict[str, dict] = {"MD": {"method": "md"}}
     for a in udd_heights:
         for b in udd_widths:
-            udd = {"height": a, "width": b, "per_atom": seed2_convention == "text"}
-            runs[_stage_name(f"UDD-A{a:g}-B{b:g}")] = {"method": "udd", "bias": udd}
+            runs[_stage_name(f"UDD-A{a:g}-B{b:g}")] = {"method": "udd",
+                                                       "bias": seed2_udd_parameters(a, b, seed2_convention)}
     base = {"barrier": 1.5, "bandwidth": 2.0, "n_components": 2}
     scans = [("barrier", "dE", erbs_barriers), ("bandwidth", "sigma", erbs_bandwidths),
              ("n_components", "k", erbs_components)]

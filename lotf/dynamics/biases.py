@@ -415,6 +415,23 @@ def bias_kind(bias) -> str:
 SEED2_CONVENTIONS = ("code", "text")
 
 
+def check_seed2_convention(convention: str) -> None:
+    """One-line error for a reading of seed 2's parameters that is neither ``code`` nor ``text``."""
+    if convention not in SEED2_CONVENTIONS:
+        raise ValueError(f"seed 2 convention must be one of {', '.join(SEED2_CONVENTIONS)}, got {convention!r}")
+
+
+def seed2_udd_parameters(height: float, width: float, convention: str = "code") -> dict:
+    """:class:`UDD` keyword arguments for seed 2's (A, B), read one of two ways.
+
+    ``code``: as apax's ``UncertaintyDrivenDynamics(height=A)`` reads A, the height of the whole
+    bias in eV (E_UDD in [-A, 0]). ``text``: seed 2 §3.3's "eV atom⁻¹", A per atom (A = 1 is
+    300 eV for a 300-atom box, which broke BMIM-BF4 at the first frame). B in eV either way.
+    """
+    check_seed2_convention(convention)
+    return {"height": float(height), "width": float(width), "per_atom": convention == "text"}
+
+
 def seed2_erbs_parameters(barrier: float, bandwidth: float, n_components: int, interval: int,
                           convention: str = "code", temperature: float = 300.0, text_per_atom: bool = False) -> dict:
     """:class:`ERBS` keyword arguments for seed 2's (ΔE, σ, k), read one of two ways.
@@ -426,8 +443,7 @@ def seed2_erbs_parameters(barrier: float, bandwidth: float, n_components: int, i
     BMIM-BF4), σ a standard deviation; the same descriptor. Read literally, seed 2's values tear
     alanine dipeptide and BMIM-BF4 apart within a few kernels (README "ERBS benchmark").
     """
-    if convention not in SEED2_CONVENTIONS:
-        raise ValueError(f"ERBS convention must be one of {', '.join(SEED2_CONVENTIONS)}, got {convention!r}")
+    check_seed2_convention(convention)
     if convention == "code":
         barrier_ev, sigma, per_atom = barrier * units.kB * temperature, float(np.sqrt(bandwidth)), False
     else:
@@ -456,4 +472,4 @@ def from_dict(method: str, params: dict | None = None, temperature: float = 300.
 
 __all__ = ["UDD", "ERBS", "ERBSState", "Kernels", "add_kernel", "log_density", "log_normalisation",
            "opes_bias", "fit_pca", "empty_kernels", "erbs_capacity", "from_dict", "bias_kind",
-           "seed2_erbs_parameters", "SEED2_CONVENTIONS"]
+           "seed2_erbs_parameters", "seed2_udd_parameters", "check_seed2_convention", "SEED2_CONVENTIONS"]
