@@ -102,18 +102,23 @@ def bmim_exploration_summary(directory: Path) -> dict:
     if not path.exists():
         return {}
     runs = {name: m for name, m in json.loads(path.read_text()).items() if isinstance(m, dict) and "max_com_msd_A2" in m}
-    md = runs["MD"]["max_com_msd_A2"]
+
+    def measured(m: dict) -> bool:
+        # an MSD needs two frames: a run stopped at its first frame reads 0, which is no measurement
+        return m["max_com_msd_A2"] == m["max_com_msd_A2"] and (m.get("n_frames") or 0) >= 2
+
+    md = runs["MD"]["max_com_msd_A2"] if measured(runs["MD"]) else None
 
     def best(prefix: str) -> tuple[str | None, float | None]:
-        found = {n: m["max_com_msd_A2"] for n, m in runs.items() if n.startswith(prefix) and m["max_com_msd_A2"] == m["max_com_msd_A2"]}
+        found = {n: m["max_com_msd_A2"] for n, m in runs.items() if n.startswith(prefix) and measured(m)}
         return max(found.items(), key=lambda kv: kv[1]) if found else (None, None)
 
     (erbs, erbs_msd), (udd, udd_msd) = best("ERBS"), best("UDD")
     return {
         "exploration_max_com_msd_A2": {n: m["max_com_msd_A2"] for n, m in runs.items()},
         "exploration_frames": {n: m.get("n_frames") for n, m in runs.items()},
-        "msd_ratio_erbs_vs_md": erbs_msd / md if erbs else None, "msd_erbs_run": erbs,
-        "msd_ratio_udd_vs_md": udd_msd / md if udd else None, "msd_udd_run": udd,
+        "msd_ratio_erbs_vs_md": erbs_msd / md if erbs and md else None, "msd_erbs_run": erbs,
+        "msd_ratio_udd_vs_md": udd_msd / md if udd and md else None, "msd_udd_run": udd,
     }
 
 

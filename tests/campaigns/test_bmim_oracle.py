@@ -184,7 +184,8 @@ def test_the_benchmark_summary_reads_the_finished_project(tmp_path):
 def test_the_exploration_gain_is_read_from_the_finished_project(tmp_path):
     """`lotf bench erbs --bmim-project` and `bmim_summary` read seed 2 §3.3's MSD ratios from the
     oracle's exploration Metrics: the best ERBS and UDD run over plain MD; a run without frames
-    (NaN) is not a candidate; no project gives null ratios with a reason, a wrong one one error."""
+    (NaN) or of one frame (MSD 0) is not a candidate, and an MD of one frame gives no ratio; no
+    project gives null ratios with a reason, a wrong one one error."""
     import json
 
     from lotf.cli import _load_benchmark
@@ -198,10 +199,18 @@ def test_the_exploration_gain_is_read_from_the_finished_project(tmp_path):
         "UDD-A2-B0p5": {"max_com_msd_A2": float("nan"), "n_frames": 0},
         "ERBS-dE1p5-sigma2-k2": {"max_com_msd_A2": 9.0, "n_frames": 501},
         "ERBS-dE3-sigma2-k2": {"max_com_msd_A2": 5.0, "n_frames": 120},
+        "ERBS-dE9-sigma2-k2": {"max_com_msd_A2": 0.0, "n_frames": 1},  # stopped at its first frame
         "pca_explained_variance": [0.5, 0.2]}))
     out = erbs.exploration_gain(tmp_path)
     assert out["msd_ratio_erbs_vs_md"] == 4.5 and out["msd_erbs_run"] == "ERBS-dE1p5-sigma2-k2"
     assert out["msd_ratio_udd_vs_md"] == 1.5 and out["msd_udd_run"] == "UDD-A1-B0p5"
+    # a plain MD of one frame measured nothing: no ratio rather than a division by zero
+    data = json.loads((metrics / "metrics.json").read_text())
+    data["MD"] = {"max_com_msd_A2": 0.0, "n_frames": 1}
+    data["ERBS-dE1p5-sigma2-k2"]["n_frames"] = 1
+    (metrics / "metrics.json").write_text(json.dumps(data))
+    out = erbs.exploration_gain(tmp_path)
+    assert out["msd_ratio_erbs_vs_md"] is None and out["msd_erbs_run"] == "ERBS-dE3-sigma2-k2"
     assert erbs.exploration_gain(None)["msd_ratio_erbs_vs_md"] is None and erbs.exploration_gain(None)["blocked"]
     with pytest.raises(ValueError, match="no finished BMIM-BF4 exploration runs"):
         erbs.exploration_gain(tmp_path / "elsewhere")
