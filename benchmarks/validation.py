@@ -33,7 +33,9 @@ def water_summary(directory: Path) -> dict:
     nodes = Path(directory) / "nodes" / "water"
     comparison = json.loads((nodes / "production" / "Comparison" / "metrics.json").read_text())
     models = comparison["models"]
-    out = {"water_reference_D_A2_per_ns": comparison["reference"]["D_A2_per_ns"]}
+    out = {"water_reference_D_A2_per_ns": comparison["reference"]["D_A2_per_ns"],
+           # the reference against itself (first half against second): what the RDF deviation resolves
+           "water_rdf_noise_floor": comparison["reference"].get("rdf_noise_floor")}
     finals = {}
     for bias in ("md", "erbs"):
         table = pd.read_csv(nodes / bias / "report" / "CampaignReport" / "report" / "iterations.csv")
@@ -79,6 +81,7 @@ def bmim_summary(directory: Path) -> dict:
         "bmim_reference_T_mean_K": comparison["reference"]["T_mean_K"],
         "bmim_D_ratio": final["D_ratio"],
         "bmim_rdf_max_abs_dev": final.get("rdf_max_abs_dev"),
+        "bmim_rdf_noise_floor": comparison["reference"].get("rdf_noise_floor"),
         "bmim_test_forces_mae": dict(zip(table["iteration"], table["test_forces_mae"].astype(float))),
         "bmim_test_energy_mae": dict(zip(table["iteration"], table["test_energy_mae"].astype(float))),
         "bmim_test_forces_mae_first": float(table["test_forces_mae"].iloc[0]),

@@ -23,6 +23,30 @@ def rdf_max_abs_dev(candidate: pd.DataFrame, reference: pd.DataFrame, pair: str)
     return float(np.max(np.abs(g_c - np.asarray(reference[pair], float)[keep])))
 
 
+def rdf_noise_floor(source, pair: str, grid: np.ndarray) -> float:
+    """The statistical floor of :func:`rdf_max_abs_dev` at one binning: max_r |g(r)| between the
+    first and the second half of one run, on the bin centres ``grid`` (evenly spaced from dr/2).
+
+    A candidate run compared with a reference run of twice its length carries about the same
+    noise (σ_half·√2 against σ_full·√3 = σ_half·√1.5), so a deviation near this floor is noise,
+    not a difference between the two potentials."""
+    from lotf.analysis.io import read_info
+    from lotf.analysis.rdf import compute_rdf, pair_key
+
+    grid = np.asarray(grid, float)
+    if len(grid) < 2:
+        raise ValueError(f"rdf_noise_floor: need at least two bins, got {len(grid)}")
+    dr = float(grid[1] - grid[0])
+    n_frames = read_info(source).n_frames
+    if n_frames < 4:
+        raise ValueError(f"rdf_noise_floor: need at least 4 frames to split in halves, got {n_frames}")
+    key = pair_key(*pair.split("-"))
+    r_max = float(grid[-1] + dr / 2)
+    halves = [compute_rdf(source, r_max, len(grid), [key], total=False, start=a, stop=b).g[key]
+              for a, b in ((0, n_frames // 2), (n_frames // 2, n_frames))]
+    return float(np.max(np.abs(halves[0] - halves[1])))
+
+
 def stable_ps(md_metrics: dict, timestep_fs: float) -> float:
     """Production time before a stop check fired (the whole run when none did), in ps."""
     return float(md_metrics.get("steps_done", 0)) * timestep_fs / 1000.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import zntrack
 
@@ -15,7 +16,8 @@ class ReferenceComparison(zntrack.Node):
     ``names``); ``reference_*`` are the reference's own ``ReferenceMD``/``RDF``/``Diffusion``.
     Per model: D/D_ref for ``group``, the largest |g(r) − g_ref(r)| of ``pair``, mean temperature
     against ``temperature``, and the picoseconds before a stop check fired (``stable_ps``).
-    ``metrics`` also name the best model by D and RDF.
+    ``metrics`` also name the best model by D and RDF, and give the reference's ``rdf_noise_floor``
+    (its two halves against each other at the same binning).
     """
 
     names: list = zntrack.params()
@@ -36,7 +38,8 @@ class ReferenceComparison(zntrack.Node):
     metrics: dict = zntrack.metrics()
 
     def run(self) -> None:
-        from lotf.analysis.validation import compare_run
+        from lotf.analysis.validation import compare_run, rdf_noise_floor
+        from lotf.nodes.analysis import resolve_source
 
         if not (len(self.names) == len(self.runs) == len(self.rdfs) == len(self.diffusions)):
             raise ValueError("ReferenceComparison: names, runs, rdfs and diffusions need one entry per model")
@@ -49,7 +52,10 @@ class ReferenceComparison(zntrack.Node):
                               timestep_fs=self.timestep)
             rows.append({"model": name, **row})
         self.table = pd.DataFrame(rows)
-        reference = {"D_A2_per_ns": ref_d, "T_mean_K": self.reference_run.metrics.get("temperature_mean_K")}
+        reference = {"D_A2_per_ns": ref_d, "T_mean_K": self.reference_run.metrics.get("temperature_mean_K"),
+                     # what rdf_max_abs_dev can resolve at this binning: the reference against itself
+                     "rdf_noise_floor": rdf_noise_floor(resolve_source(self.reference_run), self.pair,
+                                                        np.asarray(ref_rdf.index, float))}
         self.metrics = {"reference": reference, "models": {r["model"]: {k: v for k, v in r.items() if k != "model"}
                                                            for r in rows}}
         self._plot([rdf.rdf for rdf in self.rdfs], ref_rdf)
@@ -60,6 +66,7 @@ class ReferenceComparison(zntrack.Node):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        self.nwd.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(reference.index, reference[self.pair], "k-", lw=2, label="reference")
         for name, table in zip(self.names, tables):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lotf.analysis.validation import compare_run, density_against_reference, rdf_max_abs_dev
+from lotf.analysis.validation import compare_run, density_against_reference, rdf_max_abs_dev, rdf_noise_floor
 
 
 def rdf_table(r, g):
@@ -25,6 +25,32 @@ def test_rdf_deviation_on_the_reference_grid():
     assert rdf_max_abs_dev(rdf_table(r[::3], broad(r[::3])), rdf_table(r, broad(r)), "O-O") < 0.01
     with pytest.raises(KeyError, match="candidate RDF has no pair H-H"):
         rdf_max_abs_dev(ref, ref, "H-H")
+
+
+def _crystal(n_frames: int, seed: int, spacing: float = 2.5, n: int = 4, jitter: float = 0.25):
+    """A thermal simple-cubic crystal: g(r) is 0 below 1.5 Å, so the noise sits on the peaks."""
+    import ase
+
+    rng = np.random.default_rng(seed)
+    sites = spacing * np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    return [ase.Atoms(f"O{len(sites)}", positions=sites + rng.normal(0, jitter, sites.shape), cell=[spacing * n] * 3,
+                      pbc=True) for _ in range(n_frames)]
+
+
+def test_rdf_noise_floor_is_the_run_against_itself():
+    """Two identical halves have no floor; a thermal crystal's floor shrinks as the run grows (the
+    counting noise, about 1/sqrt(frames)); a run whose halves differ in structure has a large one."""
+    from lotf.analysis.rdf import compute_rdf
+
+    grid = compute_rdf(_crystal(2, 0), 4.0, 40, [("O", "O")]).r
+    twice = _crystal(10, 1)
+    assert rdf_noise_floor(twice + twice, "O-O", grid) == 0.0
+    short, long = rdf_noise_floor(_crystal(20, 2), "O-O", grid), rdf_noise_floor(_crystal(1280, 3), "O-O", grid)
+    assert long < short / 2 and long < 0.3
+    # second half: the same crystal hotter, its peaks lower and broader
+    assert rdf_noise_floor(_crystal(20, 4) + _crystal(20, 5, jitter=0.5), "O-O", grid) > 3 * short
+    with pytest.raises(ValueError, match="at least 4 frames"):
+        rdf_noise_floor(_crystal(3, 6), "O-O", grid)
 
 
 def test_compare_run_reports_ratio_temperature_and_stability():
@@ -86,3 +112,34 @@ def test_density_against_the_reference_npt():
     # a broken run's Density reports NaN: so does the comparison, and NaN fails any tolerance
     broken = density_against_reference({"density_g_cm3": float("nan")}, {"density_g_cm3": 1.20})
     assert np.isnan(broken["density_rel_err"]) and not abs(broken["density_rel_err"]) <= 0.05
+
+
+def test_reference_comparison_node_reports_the_reference_noise_floor(tmp_path, monkeypatch):
+    """The node puts each model beside the reference and states what the RDF deviation can resolve:
+    the reference run's halves against each other on the reference RDF's own grid."""
+    import types
+
+    from lotf.analysis.rdf import compute_rdf
+    from lotf.nodes.validation import ReferenceComparison
+
+    monkeypatch.chdir(tmp_path)
+    reference_frames, model_frames = _crystal(40, 7), _crystal(20, 8, jitter=0.5)
+
+    def rdf_node(frames):
+        result = compute_rdf(frames, 4.0, 40, [("O", "O")], total=False)
+        return types.SimpleNamespace(rdf=result.to_dataframe().set_index("r"))
+
+    node = ReferenceComparison(
+        names=["AL1"], runs=[types.SimpleNamespace(metrics={"temperature_mean_K": 303.0, "steps_done": 2000})],
+        rdfs=[rdf_node(model_frames)], diffusions=[types.SimpleNamespace(metrics={"O": {"D_A2_per_ns": 100.0}})],
+        reference_run=types.SimpleNamespace(frames=reference_frames, metrics={"temperature_mean_K": 301.0}),
+        reference_rdf=rdf_node(reference_frames),
+        reference_diffusion=types.SimpleNamespace(metrics={"O": {"D_A2_per_ns": 200.0}}),
+        group="O", pair="O-O", temperature=300.0, timestep=0.5, name="Comparison")
+    node.run()
+    grid = node.reference_rdf.rdf.index.to_numpy()
+    floor = node.metrics["reference"]["rdf_noise_floor"]
+    assert floor == pytest.approx(rdf_noise_floor(reference_frames, "O-O", grid)) and floor > 0
+    model = node.metrics["models"]["AL1"]
+    assert model["D_ratio"] == pytest.approx(0.5) and model["T_dev_K"] == pytest.approx(3.0)
+    assert model["rdf_max_abs_dev"] > 2 * floor  # a hotter crystal is resolved above the floor
