@@ -125,5 +125,9 @@ def test_validation_truth_and_production_use_their_own_larger_box(tmp_path):
     assert "nodes/water/reference/NVT300K/frames.h5" in stages["water_production_md_AL3_NVT300K"]["deps"]
     # the test set still comes from the training boxes (32 waters)
     assert "nodes/water/bootstrap/Equilibrated/frames.h5" in stages["water_reference_Test300K"]["deps"]
+    # its warm starts: 60 epochs at 0.3 of the rates (the demo's oracle keeps the preset's)
+    assert params["water_md_AL3_TrainModel"]["overrides"]["training"] == {"warm_start_lr_factor": 0.3,
+                                                                         "warm_start_epochs": 60}
+    assert params["water_bootstrap_B1Model"]["overrides"]["training"]["warm_start_epochs"] == 60
     assert "water_reference_TruthBox" not in yaml.safe_load(
         (REPO / "tests" / "campaigns" / "snapshots" / "water-oracle.json").read_text()).get("params", {})
