@@ -133,4 +133,6 @@ def print_comparison(path: Path) -> None:
     print(f"\n== {campaign}: MD of every model against the reference force field "
           f"(D_ref {ref['D_A2_per_ns']:.0f} Å²/ns, T_ref {ref['T_mean_K']:.1f} K) ==")
     print(table[columns].to_string(float_format=lambda x: f"{x:.3g}"))
+    if ref.get("rdf_noise_floor") is not None:  # what rdf_max_abs_dev can resolve at this binning
+        print(f"rdf_max_abs_dev of the reference's two halves against each other: {ref['rdf_noise_floor']:.3g}")
     print(f"plots: {path.parent}")

@@ -5,6 +5,7 @@ Most tests run the installed ``lotf`` entry point in a subprocess, as a user wou
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -199,3 +200,23 @@ def test_bench_erbs_passes_friction_and_convention_and_rejects_bad_values(tmp_pa
                           (["--convention", "nonsense"], "convention must be one of")):
         bad = lotf("bench", "erbs", "--duration-ps", "0.05", *args, cwd=tmp_path)
         assert bad.returncode == 1 and message in one_error_line(bad), bad.stderr
+
+
+def test_demo_comparison_prints_every_model_and_the_reference_noise_floor(tmp_path, capsys):
+    """The demo's final table: each model's D ratio, RDF deviation, T and stable time beside the
+    reference, and the deviation the reference has against itself (absent in older projects)."""
+    from lotf.demo import print_comparison
+
+    path = tmp_path / "nodes" / "water" / "production" / "Comparison" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    models = {"md-AL3": {"D_A2_per_ns": 200.0, "D_ratio": 1.1, "rdf_max_abs_dev": 0.154, "T_mean_K": 300.4,
+                         "stable_ps": 50.0, "stop_reason": "none"}}
+    path.write_text(json.dumps({"reference": {"D_A2_per_ns": 182.7, "T_mean_K": 302.7, "rdf_noise_floor": 0.0508},
+                                "models": models}))
+    print_comparison(path)
+    out = capsys.readouterr().out
+    assert "water: MD of every model" in out and "D_ref 183" in out and "md-AL3" in out and "0.154" in out
+    assert "two halves against each other: 0.0508" in out
+    path.write_text(json.dumps({"reference": {"D_A2_per_ns": 182.7, "T_mean_K": 302.7}, "models": models}))
+    print_comparison(path)
+    assert "two halves" not in capsys.readouterr().out
