@@ -24,8 +24,8 @@ def rdf_max_abs_dev(candidate: pd.DataFrame, reference: pd.DataFrame, pair: str)
 
 
 def rdf_noise_floor(source, pair: str, grid: np.ndarray) -> float:
-    """The statistical floor of :func:`rdf_max_abs_dev` at one binning: max_r |g(r)| between the
-    first and the second half of one run, on the bin centres ``grid`` (evenly spaced from dr/2).
+    """The statistical floor of :func:`rdf_max_abs_dev` at one binning: max_r |g_1(r) - g_2(r)| of
+    the first and the second half of one run, on the bin centres ``grid`` (evenly spaced from dr/2).
 
     A candidate run compared with a reference run of twice its length carries about the same
     noise (σ_half·√2 against σ_full·√3 = σ_half·√1.5), so a deviation near this floor is noise,

@@ -39,7 +39,7 @@ class ReferenceComparison(zntrack.Node):
 
     def run(self) -> None:
         from lotf.analysis.validation import compare_run, rdf_noise_floor
-        from lotf.nodes.analysis import resolve_source
+        from lotf.nodes.analysis import _frame_count, resolve_source
 
         if not (len(self.names) == len(self.runs) == len(self.rdfs) == len(self.diffusions)):
             raise ValueError("ReferenceComparison: names, runs, rdfs and diffusions need one entry per model")
@@ -52,10 +52,13 @@ class ReferenceComparison(zntrack.Node):
                               timestep_fs=self.timestep)
             rows.append({"model": name, **row})
         self.table = pd.DataFrame(rows)
+        source = resolve_source(self.reference_run)
+        # what rdf_max_abs_dev can resolve at this binning: the reference against itself (None for
+        # a reference too short to halve)
+        floor = rdf_noise_floor(source, self.pair, np.asarray(ref_rdf.index, float)) \
+            if _frame_count(source) >= 4 else None
         reference = {"D_A2_per_ns": ref_d, "T_mean_K": self.reference_run.metrics.get("temperature_mean_K"),
-                     # what rdf_max_abs_dev can resolve at this binning: the reference against itself
-                     "rdf_noise_floor": rdf_noise_floor(resolve_source(self.reference_run), self.pair,
-                                                        np.asarray(ref_rdf.index, float))}
+                     "rdf_noise_floor": floor}
         self.metrics = {"reference": reference, "models": {r["model"]: {k: v for k, v in r.items() if k != "model"}
                                                            for r in rows}}
         self._plot([rdf.rdf for rdf in self.rdfs], ref_rdf)

@@ -143,3 +143,6 @@ def test_reference_comparison_node_reports_the_reference_noise_floor(tmp_path, m
     model = node.metrics["models"]["AL1"]
     assert model["D_ratio"] == pytest.approx(0.5) and model["T_dev_K"] == pytest.approx(3.0)
     assert model["rdf_max_abs_dev"] > 2 * floor  # a hotter crystal is resolved above the floor
+    node.reference_run = types.SimpleNamespace(frames=reference_frames[:3], metrics={"temperature_mean_K": 301.0})
+    node.run()  # a reference of three frames has no halves: no floor, the comparison still stands
+    assert node.metrics["reference"]["rdf_noise_floor"] is None and node.metrics["models"]["AL1"]["D_ratio"] == 0.5
