@@ -23,6 +23,9 @@ def rdf_max_abs_dev(candidate: pd.DataFrame, reference: pd.DataFrame, pair: str)
     return float(np.max(np.abs(g_c - np.asarray(reference[pair], float)[keep])))
 
 
+NOISE_FLOOR_MIN_FRAMES = 4  # two halves of at least two frames each
+
+
 def rdf_noise_floor(source, pair: str, grid: np.ndarray) -> float:
     """The statistical floor of :func:`rdf_max_abs_dev` at one binning: max_r |g_1(r) - g_2(r)| of
     the first and the second half of one run, on the bin centres ``grid`` (evenly spaced from dr/2).
@@ -38,8 +41,9 @@ def rdf_noise_floor(source, pair: str, grid: np.ndarray) -> float:
         raise ValueError(f"rdf_noise_floor: need at least two bins, got {len(grid)}")
     dr = float(grid[1] - grid[0])
     n_frames = read_info(source).n_frames
-    if n_frames < 4:
-        raise ValueError(f"rdf_noise_floor: need at least 4 frames to split in halves, got {n_frames}")
+    if n_frames < NOISE_FLOOR_MIN_FRAMES:
+        raise ValueError(f"rdf_noise_floor: need at least {NOISE_FLOOR_MIN_FRAMES} frames to split in halves, "
+                         f"got {n_frames}")
     key = pair_key(*pair.split("-"))
     r_max = float(grid[-1] + dr / 2)
     halves = [compute_rdf(source, r_max, len(grid), [key], total=False, start=a, stop=b).g[key]

@@ -38,7 +38,7 @@ class ReferenceComparison(zntrack.Node):
     metrics: dict = zntrack.metrics()
 
     def run(self) -> None:
-        from lotf.analysis.validation import compare_run, rdf_noise_floor
+        from lotf.analysis.validation import NOISE_FLOOR_MIN_FRAMES, compare_run, rdf_noise_floor
         from lotf.nodes.analysis import _frame_count, resolve_source
 
         if not (len(self.names) == len(self.runs) == len(self.rdfs) == len(self.diffusions)):
@@ -56,7 +56,7 @@ class ReferenceComparison(zntrack.Node):
         # what rdf_max_abs_dev can resolve at this binning: the reference against itself (None for
         # a reference too short to halve)
         floor = rdf_noise_floor(source, self.pair, np.asarray(ref_rdf.index, float)) \
-            if _frame_count(source) >= 4 else None
+            if _frame_count(source) >= NOISE_FLOOR_MIN_FRAMES else None
         reference = {"D_A2_per_ns": ref_d, "T_mean_K": self.reference_run.metrics.get("temperature_mean_K"),
                      "rdf_noise_floor": floor}
         self.metrics = {"reference": reference, "models": {r["model"]: {k: v for k, v in r.items() if k != "model"}
