@@ -317,7 +317,7 @@ class MDRun:
         ff = self.forcefield
         if ff.is_ase:
             return ff.base.n_members
-        lists = [nbrs[i] for i in ff.term_lists]
+        lists = ff.term_neighbors(nbrs)
         shape = jax.eval_shape(lambda r, c, nb: ff.base.member_energies(r, c, nb, virial=False)[0],
                                positions, cell, lists)
         return int(shape.shape[0])

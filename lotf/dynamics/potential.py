@@ -29,9 +29,9 @@ from ase.stress import voigt_6_to_full_3x3_stress
 
 from lotf.dynamics.biases import ERBS, UDD, bias_kind
 from lotf.dynamics.state import Prediction
-from lotf.potential.calculator import EnergyTerm
+from lotf.potential.calculator import EnergyTerm, list_index, per_term, term_list_indices
 from lotf.potential.model import Graph, species_index
-from lotf.potential.predict import member_derivatives, summed_energy_fn
+from lotf.potential.predict import WithShortList, member_derivatives, summed_energy_fn
 
 
 def make_graph(positions: jax.Array, cell: jax.Array, species: jax.Array, numbers: jax.Array, nbrs) -> Graph:
@@ -52,7 +52,7 @@ class JaxBase:
         self.species = tuple(species)
         self.ddof = int(ddof)
         self._energy = summed_energy_fn([t.fn for t in self.terms])
-        self.cutoffs = tuple(float(t.cutoff) for t in self.terms)
+        self.cutoffs = tuple(t.cutoffs for t in self.terms)  # per term: (own,) or (own, short)
 
     @classmethod
     def from_model_dir(cls, directory, extra_terms: Sequence[EnergyTerm] = ()) -> "JaxBase":
@@ -67,12 +67,22 @@ class JaxBase:
         self.numbers = jnp.asarray(numbers, jnp.int32)
         self.species_idx = jnp.asarray(species_index(numbers, self.species, " (MD start structure)"))
 
+    def _graphs(self, positions, cell, nbrs_per_term) -> list:
+        def graph(nb):
+            if isinstance(nb, WithShortList):
+                return WithShortList(graph(nb.graph), graph(nb.short))
+            return make_graph(positions, cell, self.species_idx, self.numbers, nb)
+
+        return [graph(nb) for nb in nbrs_per_term]
+
     def member_energies(self, positions, cell, nbrs_per_term, virial: bool = True):
         """(E_m (M,), vjp) with vjp(cotangent (M,)) -> (d/dpositions, d/dstrain (3, 3)).
 
-        With ``virial`` False the strain is not differentiated (cheaper) and d/dstrain is zero.
+        ``nbrs_per_term``: each term's list, or a :class:`WithShortList` of its two lists
+        (:meth:`ForceField.term_neighbors`). With ``virial`` False the strain is not
+        differentiated (cheaper) and d/dstrain is zero.
         """
-        graphs = [make_graph(positions, cell, self.species_idx, self.numbers, nb) for nb in nbrs_per_term]
+        graphs = self._graphs(positions, cell, nbrs_per_term)
         params = [t.params for t in self.terms]
         zero = jnp.zeros((3, 3), positions.dtype)
 
@@ -88,7 +98,7 @@ class JaxBase:
     def member_derivatives(self, positions, cell, nbrs_per_term, virial: bool = True):
         """(E_m (M,), dE_m/dpositions (M, N, 3), dE_m/dstrain (M, 3, 3)); full ensembles cost K
         single-model passes (:func:`lotf.potential.predict.member_derivatives`)."""
-        graphs = [make_graph(positions, cell, self.species_idx, self.numbers, nb) for nb in nbrs_per_term]
+        graphs = self._graphs(positions, cell, nbrs_per_term)
         e, d_pos, d_strain = member_derivatives([t.fn for t in self.terms], [t.params for t in self.terms],
                                                 positions, jnp.zeros((1, 3, 3), positions.dtype), graphs,
                                                 virial=virial)
@@ -175,23 +185,18 @@ class ForceField:
     def __post_init__(self):
         self.kind = bias_kind(self.bias)
         if self.kind == "erbs" and self.bias.r_max is None:  # share the first term's (the MLP's) list
-            r_max = self.base.cutoffs[0] if self.base.cutoffs else 6.0
+            r_max = self.base.cutoffs[0][0] if self.base.cutoffs else 6.0
             self.bias = dataclasses.replace(self.bias, r_max=r_max)
-        self.term_lists = [self.require_cutoff(c) for c in self.base.cutoffs]
+        self.term_lists = term_list_indices(self.base.terms, self.list_cutoffs) if not self.is_ase else []
         self.bias_list = self.require_cutoff(self.bias.r_max) if self.kind == "erbs" else None
 
     def require_cutoff(self, cutoff: float, at_least: bool = False) -> int:
         """Index of the list with this cutoff (or, with ``at_least``, the smallest list ≥ it)."""
-        cutoff = float(cutoff)
-        if at_least:
-            bigger = [(c, i) for i, c in enumerate(self.list_cutoffs) if c >= cutoff]
-            if bigger:
-                return min(bigger)[1]
-        for i, c in enumerate(self.list_cutoffs):
-            if abs(c - cutoff) < 1e-12:
-                return i
-        self.list_cutoffs.append(cutoff)
-        return len(self.list_cutoffs) - 1
+        return list_index(self.list_cutoffs, cutoff, at_least)
+
+    def term_neighbors(self, nbrs: tuple) -> list:
+        """The MD's lists arranged per base term (a :class:`WithShortList` for a term with two)."""
+        return per_term(nbrs, self.term_lists, WithShortList)
 
     @property
     def is_ase(self) -> bool:
@@ -249,7 +254,7 @@ class ForceField:
                 f_bias = jnp.einsum("m,mna->na", c, f_m)  # closed form; ASE gives no member stresses
             energy, forces, virial = energy + e_bias, forces + f_bias, virial + v_bias
         else:
-            term_nbrs = [nbrs[i] for i in self.term_lists]
+            term_nbrs = self.term_neighbors(nbrs)
             if full:  # member forces (cost: see predict.py), uncertainty, UDD in closed form
                 e_m, d_pos, d_strain = self.base.member_derivatives(positions, cell, term_nbrs, need_virial)
             else:

@@ -19,7 +19,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from lotf.potential import neighbors
 from lotf.potential.model import Graph, Model, species_index
-from lotf.potential.predict import make_predict
+from lotf.potential.predict import WithShortList, make_predict
 
 # register the ensemble results so ASE (e.g. the extxyz writer) treats them as properties
 for _name in ("energy_uncertainty", "forces_uncertainty", "energy_ensemble", "forces_ensemble"):
@@ -29,11 +29,50 @@ for _name in ("energy_uncertainty", "forces_uncertainty", "energy_ensemble", "fo
 
 @dataclass
 class EnergyTerm:
-    """An energy function with its parameters and the neighbour-list cutoff it needs."""
+    """An energy function with its parameters and the neighbour-list cutoff it needs.
+
+    A term with a ``short_cutoff`` also reads a second, shorter list: ``fn`` then gets a
+    :class:`~lotf.potential.predict.WithShortList`. That list may be any list reaching at least
+    ``short_cutoff``, e.g. the MLP's (D3's coordination numbers within 5.2 A of its 20 A).
+    """
 
     fn: Callable  # fn(params, graph) -> (B,) or (B, M)
     params: Any
     cutoff: float
+    short_cutoff: float | None = None
+
+    @property
+    def cutoffs(self) -> tuple[float, ...]:
+        return (float(self.cutoff),) if self.short_cutoff is None else (float(self.cutoff), float(self.short_cutoff))
+
+
+def list_index(list_cutoffs: list[float], cutoff: float, at_least: bool = False) -> int:
+    """Index in ``list_cutoffs`` of the list with this cutoff, appended if missing; with
+    ``at_least``, the shortest existing list reaching ``cutoff`` will do."""
+    cutoff = float(cutoff)
+    if at_least:
+        bigger = [(c, i) for i, c in enumerate(list_cutoffs) if c >= cutoff]
+        if bigger:
+            return min(bigger)[1]
+    for i, c in enumerate(list_cutoffs):
+        if abs(c - cutoff) < 1e-12:
+            return i
+    list_cutoffs.append(cutoff)
+    return len(list_cutoffs) - 1
+
+
+def term_list_indices(terms: Sequence[EnergyTerm], list_cutoffs: list[float]) -> list[int | tuple[int, int]]:
+    """Per term, the index of its list in ``list_cutoffs`` (filled in), or (own, short) indices.
+
+    Own lists first, so that a short list can be another term's (the MLP's) list."""
+    own = [list_index(list_cutoffs, t.cutoff) for t in terms]
+    return [i if t.short_cutoff is None else (i, list_index(list_cutoffs, t.short_cutoff, at_least=True))
+            for i, t in zip(own, terms)]
+
+
+def per_term(items: Sequence, indices: Sequence[int | tuple[int, int]], pair=tuple) -> list:
+    """``items`` (one per list) arranged per term: ``pair(own, short)`` for a term with two lists."""
+    return [items[i] if isinstance(i, int) else pair(items[i[0]], items[i[1]]) for i in indices]
 
 
 class TermNeighbors:
@@ -86,13 +125,15 @@ class LotfCalculator(Calculator):
         self.members = members
         self.skin = skin
         self._predict = jax.jit(make_predict([t.fn for t in self.terms], members=members))
-        self._lists = [TermNeighbors(t.cutoff, skin) for t in self.terms]
+        cutoffs: list[float] = []
+        self._term_lists = term_list_indices(self.terms, cutoffs)
+        self._lists = [TermNeighbors(c, skin) for c in cutoffs]
         self.implemented_properties = ["energy", "free_energy", "forces", "stress"]
         if members:
             self.implemented_properties += ["energy_uncertainty", "forces_uncertainty", "energy_ensemble",
                                             "forces_ensemble"]
 
-    def graphs(self, atoms) -> list[Graph]:
+    def graphs(self, atoms) -> list[Graph | WithShortList]:
         numbers = atoms.get_atomic_numbers()
         spec_index = species_index(numbers, self.species)
         pbc = np.asarray(atoms.pbc, bool)
@@ -111,7 +152,7 @@ class LotfCalculator(Calculator):
                 structure=jnp.zeros(n, jnp.int32), neighbors=jnp.asarray(nbrs.idx),
                 shifts=jnp.asarray(nbrs.shifts), pair_mask=jnp.asarray(nbrs.mask),
             ))
-        return out
+        return per_term(out, self._term_lists, WithShortList)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

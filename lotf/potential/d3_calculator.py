@@ -246,8 +246,9 @@ def d3_energy_term(elements: Sequence[int], functional: str | BJParams = "b97-3c
 
     The same numbers as :class:`D3Calculator` with these options (``cn_cutoff``, ``convention``,
     ``short_range_correction``, ``parameter_file``), for the elements listed. The term takes the
-    MD's unsorted neighbour rows as they are: the coordination numbers find their few pairs
-    (within ``cn_cutoff``) in the long list at each call. The three-body term is not offered
+    MD's unsorted neighbour rows as they are, and a second, short list for the coordination
+    numbers (``short_cutoff`` = ``cn_cutoff``, 5.2 A with CP2K's convention: MD and
+    :class:`~lotf.potential.calculator.LotfCalculator` hand it the MLP's list). The three-body term is not offered
     here: it needs fixed triangle capacities, which MD cannot know in advance.
     """
     from lotf.potential.calculator import EnergyTerm
@@ -260,4 +261,6 @@ def d3_energy_term(elements: Sequence[int], functional: str | BJParams = "b97-3c
     elements = tuple(sorted({int(z) for z in elements}))
     check_elements(elements, " (d3)")
     term = D3Term(damping_parameters(functional), cutoff=float(cutoff), elements=elements, **options)
-    return EnergyTerm(fn=term.structure_energies, params=term.params(), cutoff=term.list_cutoff)
+    # the coordination numbers read a short list (in MD the MLP's) instead of searching the long one
+    short = term.cn_cutoff if term.cn_cutoff < term.cutoff else None
+    return EnergyTerm(fn=term.structure_energies, params=term.params(), cutoff=term.list_cutoff, short_cutoff=short)

@@ -20,7 +20,7 @@ convention as the NLL loss that calibrates them.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,13 +30,34 @@ from lotf.potential.model import Graph
 EnergyFn = Callable[[object, Graph], jax.Array]
 
 
-def strained(graph: Graph, strain: jax.Array) -> Graph:
+class WithShortList(NamedTuple):
+    """The graph of a term that reads two neighbour lists (``EnergyTerm.short_cutoff``): its own
+    and a shorter one over the same atoms (D3's coordination numbers need 5.2 A of its 20 A)."""
+
+    graph: Graph
+    short: Graph
+
+
+def strained(graph: Graph | WithShortList, strain: jax.Array) -> Graph | WithShortList:
     """Apply a per-structure strain (B, 3, 3), symmetrised, to positions and cells."""
+    if isinstance(graph, WithShortList):
+        return WithShortList(strained(graph.graph, strain), strained(graph.short, strain))
     eps = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
     deform = jnp.eye(3, dtype=eps.dtype) + eps
     positions = jnp.einsum("na,nab->nb", graph.positions, deform[graph.structure])
     cells = jnp.einsum("bij,bjk->bik", graph.cells, deform)
     return graph._replace(positions=positions, cells=cells)
+
+
+def placed(graph: Graph | WithShortList, positions: jax.Array, strain: jax.Array) -> Graph | WithShortList:
+    """The graph (both lists of a :class:`WithShortList`) at ``positions``, strained."""
+    if isinstance(graph, WithShortList):
+        return WithShortList(placed(graph.graph, positions, strain), placed(graph.short, positions, strain))
+    return strained(graph._replace(positions=positions), strain)
+
+
+def main_graph(graph: Graph | WithShortList) -> Graph:
+    return graph.graph if isinstance(graph, WithShortList) else graph
 
 
 def summed_energy_fn(terms: Sequence[EnergyFn]) -> Callable:
@@ -45,7 +66,7 @@ def summed_energy_fn(terms: Sequence[EnergyFn]) -> Callable:
     def energy(params, positions, strain, graphs):
         total = 0.0
         for term, p, g in zip(terms, params, graphs):
-            e = term(p, strained(g._replace(positions=positions), strain))
+            e = term(p, placed(g, positions, strain))
             total = total + (e if e.ndim == 2 else e[:, None])
         return total
 
@@ -72,7 +93,7 @@ def member_derivatives(terms: Sequence[EnergyFn], params, positions, strain, gra
 def _memberwise(member, params, positions, strain, graph, virial):
     def one(p_k):
         def energy(r, s):
-            e = member(p_k, strained(graph._replace(positions=r), s))  # (B,)
+            e = member(p_k, placed(graph, r, s))  # (B,)
             return jnp.sum(e), e
 
         if virial:
@@ -88,7 +109,7 @@ def _memberwise(member, params, positions, strain, graph, virial):
 
 def _per_column(term, params, positions, strain, graph, virial):
     def energy(r, s):
-        e = term(params, strained(graph._replace(positions=r), s))
+        e = term(params, placed(graph, r, s))
         return e if e.ndim == 2 else e[:, None]
 
     if virial:
@@ -116,7 +137,7 @@ def make_predict(terms: Sequence[EnergyFn], *, members: bool) -> Callable:
     energy = summed_energy_fn(terms)
 
     def predict(params, graphs: Sequence[Graph]):
-        g0 = graphs[0]
+        g0 = main_graph(graphs[0])
         positions = g0.positions
         strain = jnp.zeros_like(g0.cells)
         vol = volumes(g0.cells)

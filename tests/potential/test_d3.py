@@ -297,6 +297,50 @@ def test_long_list_gathers_the_coordination_pairs(monkeypatch):
     assert np.allclose(forces_only(term.replace()), out["forces"], rtol=0, atol=1e-12)
 
 
+def test_coordination_numbers_from_a_short_list_equal_the_long_list():
+    """D3 in MD reads its CN pairs from a second, short list (the MLP's): same energy, forces
+    and stress as the 20 A list alone; the hybrid force field shares the MLP's list for it, and
+    the ASE calculator of the same terms gives the same numbers."""
+    from lotf.dynamics.potential import ForceField, JaxBase
+    from lotf.potential.calculator import EnergyTerm, LotfCalculator
+    from lotf.potential.d3_calculator import d3_energy_term
+    from lotf.potential.predict import WithShortList
+
+    atoms = periodic()
+    atoms.positions[3] += [0.2, -0.1, 0.3]
+    elements = (1, 5, 6, 7, 9)
+    term = D3Term(B97_3C, cutoff=20.0, short_range_correction=True, elements=elements)
+    long_only = Evaluator(term, atoms)
+    cell = atoms.cell.array
+    _, short_nbrs = neighbors.allocate(atoms.positions, cell, atoms.pbc, 5.5, 0.5)
+    short = graph_from_neighbors(atoms.positions, cell, atoms.numbers, short_nbrs)
+    assert short.neighbors.shape[1] < long_only.graph.neighbors.shape[1] // 10
+    both = jax.jit(make_predict([term.structure_energies], members=False))(
+        [long_only.params], [WithShortList(long_only.graph, short)])
+    ref = long_only()
+    assert float(both["energy"][0]) == pytest.approx(ref["energy"][0], rel=1e-13)
+    assert np.allclose(np.asarray(both["forces"]), ref["forces"], rtol=0, atol=1e-11)
+    assert np.allclose(np.asarray(both["stress"]), ref["stress"], rtol=0, atol=1e-13)
+    # a short list that misses CN pairs changes the numbers: the short list is really read
+    _, too_short = neighbors.allocate(atoms.positions, cell, atoms.pbc, 1.5, 0.0)
+    cut = jax.jit(make_predict([term.structure_energies], members=False))(
+        [long_only.params], [WithShortList(long_only.graph, graph_from_neighbors(
+            atoms.positions, cell, atoms.numbers, too_short))])
+    assert abs(float(cut["energy"][0]) - ref["energy"][0]) > 1e-4
+
+    d3 = d3_energy_term(elements, "b97-3c", 20.0, short_range_correction=True)
+    assert d3.short_cutoff == pytest.approx(term.cn_cutoff)
+    mlp_like = EnergyTerm(lambda p, g: jax.numpy.zeros(g.cells.shape[0]), (), 5.5)  # a stand-in MLP list
+    ff = ForceField(JaxBase([mlp_like, d3], elements))
+    assert ff.list_cutoffs == [5.5, pytest.approx(d3.cutoff)] and ff.term_lists == [0, (1, 0)]
+    calc = LotfCalculator([mlp_like, d3], elements, members=False)
+    work = atoms.copy()
+    work.calc = calc
+    assert work.get_potential_energy() == pytest.approx(ref["energy"][0], rel=1e-13)
+    assert np.allclose(work.get_forces(), ref["forces"], rtol=0, atol=1e-11)
+    assert len(calc._lists) == 2  # the MLP's 5.5 A list serves the coordination numbers
+
+
 # -- independent programs -----------------------------------------------------------------------
 
 
