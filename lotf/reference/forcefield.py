@@ -77,6 +77,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 from tqdm.auto import tqdm
 
@@ -865,6 +866,26 @@ class Engine:
                for g, n in enumerate(names)}
         out["constant"] = self.constant(sequence) * KJ_PER_MOL_TO_EV
         return out
+
+
+class ForceFieldCalculator(Calculator):
+    """The reference as an ASE calculator (energy, forces; stress for periodic frames when asked),
+    e.g. to drive lotf's own MD with it (``ForceField(AseBase(ForceFieldCalculator("bmim_bf4")))``)
+    and check lotf's integrators against the engine's own MD."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, settings: ForceFieldSettings | str | Mapping | None = None, **overrides):
+        super().__init__()
+        self.engine = Engine(ForceFieldSettings.of(settings, **overrides))
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        periodic = bool(np.all(self.atoms.pbc))
+        res = self.engine.compute(self.atoms, stress=periodic and "stress" in properties)
+        self.results = {"energy": res["energy"], "free_energy": res["energy"], "forces": res["forces"]}
+        if res["stress"] is not None:
+            self.results["stress"] = np.asarray(res["stress"])
 
 
 # ============================================================================================
