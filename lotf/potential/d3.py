@@ -647,13 +647,11 @@ class D3Term:
         :class:`~lotf.potential.d3_calculator.D3Calculator` does. ``search`` False: read every
         column of ``data`` (a short list's rows).
         """
-        columns = None
-        if not search:  # rows of a list short enough to read whole
-            pass
-        elif self.cn_columns is not None and self.cn_columns < data.idx.shape[1]:
+        columns = None  # None: read every column of the rows (a short list's are read whole)
+        if search and self.cn_columns is not None and self.cn_columns < data.idx.shape[1]:
             c = self.cn_columns
             data = data._replace(idx=data.idx[:, :c], shifts=data.shifts[:, :c], mask=data.mask[:, :c])
-        elif self.cn_columns is None:
+        elif search and self.cn_columns is None:
             columns = self._cn_capacity(data.idx.shape[1])
         value, grad, factor_shape = self._row_cn_kernels(params)
 

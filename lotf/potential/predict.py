@@ -38,10 +38,8 @@ class WithShortList(NamedTuple):
     short: Graph
 
 
-def strained(graph: Graph | WithShortList, strain: jax.Array) -> Graph | WithShortList:
+def strained(graph: Graph, strain: jax.Array) -> Graph:
     """Apply a per-structure strain (B, 3, 3), symmetrised, to positions and cells."""
-    if isinstance(graph, WithShortList):
-        return WithShortList(strained(graph.graph, strain), strained(graph.short, strain))
     eps = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
     deform = jnp.eye(3, dtype=eps.dtype) + eps
     positions = jnp.einsum("na,nab->nb", graph.positions, deform[graph.structure])
