@@ -13,7 +13,7 @@ import numpy as np
 from ase.neighborlist import neighbor_list
 from ase.units import GPa, kB
 
-from lotf.reference.structures import unwrap_molecules
+from lotf.reference.structures import molecule_ids, unwrap_molecules
 
 
 def pressures(atoms: ase.Atoms, forces, stress, temperature: float | None = None,
@@ -53,7 +53,7 @@ def pressures(atoms: ase.Atoms, forces, stress, temperature: float | None = None
 def intermolecular_contacts(atoms: ase.Atoms, cutoff: float = 4.0, bond_scale: float = 1.2) -> dict[str, np.ndarray]:
     """Distances (Å) of atom pairs in different molecules closer than ``cutoff``, each pair once,
     keyed by element pair ("F-F", "C-H": symbols in alphabetical order)."""
-    _, molecule = unwrap_molecules(atoms, bond_scale)
+    molecule = molecule_ids(atoms, bond_scale)
     i, j, d = neighbor_list("ijd", atoms, cutoff)
     keep = (i < j) & (molecule[i] != molecule[j])
     symbols = np.asarray(atoms.get_chemical_symbols())

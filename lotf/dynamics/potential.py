@@ -196,7 +196,7 @@ class ForceField:
 
     def term_neighbors(self, nbrs: tuple) -> list:
         """The MD's lists arranged per base term (a :class:`WithShortList` for a term with two)."""
-        return per_term(nbrs, self.term_lists, WithShortList)
+        return per_term(nbrs, self.term_lists)
 
     @property
     def is_ase(self) -> bool:

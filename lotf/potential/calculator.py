@@ -70,9 +70,9 @@ def term_list_indices(terms: Sequence[EnergyTerm], list_cutoffs: list[float]) ->
             for i, t in zip(own, terms)]
 
 
-def per_term(items: Sequence, indices: Sequence[int | tuple[int, int]], pair=tuple) -> list:
-    """``items`` (one per list) arranged per term: ``pair(own, short)`` for a term with two lists."""
-    return [items[i] if isinstance(i, int) else pair(items[i[0]], items[i[1]]) for i in indices]
+def per_term(items: Sequence, indices: Sequence[int | tuple[int, int]]) -> list:
+    """``items`` (one per list) arranged per term: a :class:`WithShortList` for a term with two lists."""
+    return [items[i] if isinstance(i, int) else WithShortList(items[i[0]], items[i[1]]) for i in indices]
 
 
 class TermNeighbors:
@@ -152,7 +152,7 @@ class LotfCalculator(Calculator):
                 structure=jnp.zeros(n, jnp.int32), neighbors=jnp.asarray(nbrs.idx),
                 shifts=jnp.asarray(nbrs.shifts), pair_mask=jnp.asarray(nbrs.mask),
             ))
-        return per_term(out, self._term_lists, WithShortList)
+        return per_term(out, self._term_lists)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
