@@ -170,10 +170,10 @@ def _truth(project: zntrack.Project, c: Campaign, box, molecule, label) -> dict:
 
 
 def _oracle_production(project: zntrack.Project, c: Campaign, truth: dict, models: dict) -> None:
-    """Every iteration's model (``first_and_last_only``: the bootstrap and final models;
-    ``last_only``: the final models) in NVT at 300 K from the truth run's last frame (same system and size as the reference run), D per
-    iteration against the reference's D, and every model's MD side by side with the reference
-    (D, O-O RDF, temperature, time before a molecule breaks)."""
+    """Every iteration's model (``last_only``: the final model of each workflow) in NVT at 300 K
+    from the truth run's last frame (same system and size as the reference run), D per iteration
+    against the reference's D, and every model's MD side by side with the reference (D, O-O RDF,
+    temperature, time before a molecule breaks)."""
     q, group, temperature = c["production"], c.group, c["system"]["temperature"]
     run = dict(temperature=temperature, timestep=TIMESTEP, thermostat=q["thermostat"], density=None,
                equilibration_steps=q["equilibration_steps"], steps=q["steps"], sampling_rate=q["rate"], seed=0,
@@ -184,8 +184,6 @@ def _oracle_production(project: zntrack.Project, c: Campaign, truth: dict, model
         shared = entries[0][0]  # the bootstrap model starts every workflow: one run for all
         if q.get("last_only"):  # the final model of each workflow
             entries = [entries[-1]]
-        elif q.get("first_and_last_only"):  # the bootstrap model and the final one of each workflow
-            entries = [entries[0], entries[-1]]
         for name, model in entries:
             key = name if name == shared else f"{bias}-{name}"
             if key not in done:

@@ -30,6 +30,16 @@ def dvc_project(tmp_path, monkeypatch):
 @pytest.fixture
 def emt_model_dir(tmp_path):
     """A small untrained GMNN ensemble for the Cu/Al frames of ``lotf.demo.emt_frames`` (MD node tests)."""
+    return make_emt_model(tmp_path / "model")
+
+
+@pytest.fixture(scope="session")
+def shared_emt_model_dir(tmp_path_factory):
+    """The same model, made once for tests that only read it."""
+    return make_emt_model(tmp_path_factory.mktemp("shared") / "model")
+
+
+def make_emt_model(directory):
     import jax
     import jax.numpy as jnp
 
@@ -45,4 +55,4 @@ def emt_model_dir(tmp_path):
                                                                           config.r_max)]))
     params = dict(model.init(jax.random.PRNGKey(0), graph))
     params["scale"] = params["scale"] * 0.05  # a gentle random surface
-    return save_model(tmp_path / "model", config, params)
+    return save_model(directory, config, params)

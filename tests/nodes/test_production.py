@@ -54,13 +54,25 @@ def test_npt_production_changes_the_volume(workdir, model):
     assert node.metrics["density_mean_g_cm3"] == pytest.approx(np.mean([density(a) for a in node.frames]))
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, shared_emt_model_dir):
+    """The run that every killed run must reproduce (one run for all the kill points)."""
+    model = types.SimpleNamespace(model_dir=shared_emt_model_dir, name="model")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("uninterrupted"))
+        patch.delenv("LOTF_SCRATCH", raising=False)
+        reference = production(model, name="reference", density=1.03 * density(emt_frames(1)[0]))
+        reference.run()
+        return reference.frames
+
+
 @pytest.mark.parametrize("killed_in", ["compress", "equilibrate", "production"])
-def test_killed_run_resumes_with_the_same_trajectory(workdir, model, monkeypatch, killed_in):
+def test_killed_run_resumes_with_the_same_trajectory(workdir, shared_emt_model_dir, uninterrupted, monkeypatch,
+                                                     killed_in):
     from lotf.dynamics import md
 
-    reference = production(model, name="reference", density=1.03 * density(emt_frames(1)[0]))
-    reference.run()
-    expected = reference.frames
+    model = types.SimpleNamespace(model_dir=shared_emt_model_dir, name="model")
+    expected = uninterrupted
 
     interrupted = production(model, density=1.03 * density(emt_frames(1)[0]))
     original = md.MDRun._save_checkpoint
