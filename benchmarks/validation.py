@@ -1,8 +1,8 @@
 """The water oracle campaign end to end against its ground truth (`lotf bench validation`).
 
-Builds the `oracle` profile of the water campaign in a fresh git + DVC project, runs `dvc repro`
-(labels, truth MD and observables from the SPC/Fw force field in OpenMM; both active-learning
-workflows; every model's MD) and prints one JSON object: the final models' D over the
+Builds the `oracle` profile of the water campaign in a fresh git + DVC project, runs its stages
+two at a time (:mod:`lotf.repro`; labels, truth MD and observables from the SPC/Fw force field
+in OpenMM; both active-learning workflows; every model's MD) and prints one JSON object: the final models' D over the
 reference's D, the O-O RDF deviation of the better final model, its mean temperature and stable
 time, the test force MAE (reference-labelled frames from the reference's own MD) of the first
 and the last model, and the wall time.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -127,9 +126,10 @@ def bmim_exploration_summary(directory: Path) -> dict:
 
 def _run_oracle(project: Path, campaign: str, profile: str = "oracle") -> None:
     from lotf.demo import prepare_project
+    from lotf.repro import repro
 
     prepare_project(project, [campaign], profile)
-    subprocess.run(["dvc", "repro", "-q"], cwd=project, check=True)
+    repro(project, jobs=2)  # the two workflows side by side
 
 
 def validation_benchmark(directory: str | None = None, bmim: bool = False) -> dict:

@@ -336,8 +336,9 @@ def bench_erbs(duration_ps: float = typer.Option(80.0, help="ps per run (seed 2:
 
 DEMO_HELP = (
     "Run a campaign end to end in a fresh git + DVC project in DIRECTORY.\n\n"
-    "Copies stages/, models/ and data/ there, builds the profile and runs 'dvc repro', then prints a table "
-    "per campaign and the observables and writes reports with plots. A second run reuses DVC's cache. "
+    "Copies stages/, models/ and data/ there, builds the profile and runs its stages with 'dvc repro', two at a "
+    "time (--jobs), then prints a table per campaign and the observables and writes reports with plots. A "
+    "second run reuses DVC's cache. "
     "The default, the water campaign's oracle profile, labels with the SPC/Fw force field (OpenMM, plus one "
     "CP2K xTB stage) and ends with the final models' MD against the force field's own MD: D, O-O RDF and "
     "temperature. '--profile smoke' runs the smoke campaigns (real GROMACS, CP2K and JAX; tiny models whose "
@@ -349,11 +350,14 @@ DEMO_HELP = (
 def demo(directory: Path = typer.Argument(Path("lotf-demo"), help="working directory for the demo"),
          profile: str = typer.Option("oracle", help="oracle (water against its force-field truth) or smoke"),
          campaign: Optional[list[str]] = typer.Option(None, help="campaigns to run (default: water for oracle, "
-                                                                 "all for smoke)")):
+                                                                 "all for smoke)"),
+         jobs: int = typer.Option(2, help="stages run side by side (1: plain dvc repro)")):
     """See DEMO_HELP (lotf.demo.run_demo)."""
     from lotf.demo import run_demo
 
-    run_demo(directory, campaign or None, profile)
+    if jobs < 1:
+        raise typer.BadParameter(f"--jobs must be >= 1, got {jobs}")
+    run_demo(directory, campaign or None, profile, jobs)
 
 
 _EXPECTED = (CommandError, ValueError, OSError, RuntimeError, KeyError)

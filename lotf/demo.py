@@ -1,8 +1,8 @@
 """``lotf demo [DIR]``: a fresh git + DVC project running a campaign end to end.
 
 It copies the campaign definitions and their inputs (``stages/``, ``models/``, ``data/``) into
-DIR, builds a profile, runs ``dvc repro``, then prints one table per campaign and the
-observables, and writes reports with plots. A second run reuses DVC's cache.
+DIR, builds a profile, runs its stages with ``dvc repro`` two at a time (:mod:`lotf.repro`), then
+prints one table per campaign and the observables, and writes reports with plots. A second run reuses DVC's cache.
 
 The default is the water campaign's ``oracle`` profile: labels and the truth come from the SPC/Fw
 force field in OpenMM (one CP2K xTB stage keeps the DFT path exercised), so the printed table
@@ -84,13 +84,16 @@ def prepare_project(directory: Path, campaigns: list[str] | None = None, profile
     return directory
 
 
-def run_demo(directory: Path, campaigns: list[str] | None = None, profile: str = "oracle") -> None:
+def run_demo(directory: Path, campaigns: list[str] | None = None, profile: str = "oracle", jobs: int = 2) -> None:
+    """Build and reproduce the project (``jobs`` stages at a time, :func:`lotf.repro.repro`), print the reports."""
+    from lotf.repro import repro
+
     start = time.perf_counter()
     # dvc and zntrack of this environment, also when started as .venv/bin/lotf without activation
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     campaigns = campaigns or (["water"] if profile == "oracle" else None)
     directory = prepare_project(Path(directory), campaigns, profile)
-    _run(["dvc", "repro"], directory)
+    repro(directory, jobs)
     _run(["git", "add", "-A"], directory)
     subprocess.run(["git", "commit", "-qm", f"lotf demo: {profile} campaigns"], cwd=directory, capture_output=True)
     print_reports(directory)
