@@ -2,10 +2,10 @@
 
 Builds the `oracle` profile of the water campaign in a fresh git + DVC project, runs its stages
 two at a time (:mod:`lotf.repro`; labels, truth MD and observables from the SPC/Fw force field
-in OpenMM; both active-learning workflows; every model's MD) and prints one JSON object: the final models' D over the
-reference's D, the O-O RDF deviation of the better final model, its mean temperature and stable
-time, the test force MAE (reference-labelled frames from the reference's own MD) of the first
-and the last model, and the wall time.
+in OpenMM; both active-learning workflows; every model's MD) and prints one JSON object: the
+final models' D over the reference's D, the O-O RDF deviation of the better final model, its
+mean temperature and stable time, the test force MAE (reference-labelled frames from the
+reference's own MD) of the first and the last model, and the wall time.
 
 With ``--bmim`` (``validation_benchmark(bmim=True)``) it also builds and runs the `oracle` profile
 of the BMIM-BF4 campaign (every Table 1 row at reduced scale, labelled by the CL&P force field)

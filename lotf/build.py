@@ -147,8 +147,8 @@ def skip_stage_locks(graph: dict) -> int:
     By default ``zntrack run`` starts a second process that loads the DVC repository and hashes
     the stage's dependencies to copy the stage's lock entry into ``node-meta.json``, only for
     ``zntrack list`` to report whether a node changed. ``dvc.lock`` holds the same entry and
-    ``dvc status`` reads that. The copy cost about 2 s per stage (a third of the water demo's
-    stages run for less), and the hashing shares the cores with the node itself.
+    ``dvc status`` reads that. The copy cost about 2 s per stage (two thirds of the water
+    demo's stages run for less), and the hashing shares the cores with the node itself.
     """
     changed = 0
     for stage in (graph.get("stages") or {}).values():

@@ -2,7 +2,8 @@
 
 It copies the campaign definitions and their inputs (``stages/``, ``models/``, ``data/``) into
 DIR, builds a profile, runs its stages with ``dvc repro`` two at a time (:mod:`lotf.repro`), then
-prints one table per campaign and the observables, and writes reports with plots. A second run reuses DVC's cache.
+prints one table per campaign and the observables, and writes reports with plots. A second run
+reuses DVC's cache.
 
 The default is the water campaign's ``oracle`` profile: labels and the truth come from the SPC/Fw
 force field in OpenMM (one CP2K xTB stage keeps the DFT path exercised), so the printed table

@@ -11,9 +11,10 @@ read/write locks, and writes ``dvc.lock`` under the repository lock, for which
 :func:`repro` schedules ``dvc --wait-for-lock repro --single-item STAGE`` for every stage whose
 upstream stages are done, ``jobs`` at a time, the stage with the most downstream stages first.
 Each stage's output goes to ``.lotf/repro-logs/STAGE.log``; one line per finished stage is
-printed. A failed stage stops the scheduling (running stages finish) and raises, naming the
-stage and the end of its log. Stages DVC finds up to date are skipped by DVC itself, so a second
-run only pays one ``dvc status``.
+printed. A failed stage stops the scheduling (running stages finish); the end of its log is
+printed and a one-line error names the stage and the log. Only the stages ``dvc status``
+reports as changed, and their downstream stages, are scheduled, so a second run of a finished
+project starts nothing.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def repro(directory: str | os.PathLike, jobs: int = 2, poll_s: float = 0.5) -> N
     total, start = len(todo), time.perf_counter()
     print(f"{total} stages to run, {jobs} at a time; logs in {logs}", flush=True)
     while todo or running:
-        ready = sorted((s for s in todo if not (graph[s] & (todo | set(running)))), key=lambda s: (-len(below[s]), s))
+        waiting = todo | set(running)
+        ready = sorted((s for s in todo if not graph[s] & waiting), key=lambda s: (-len(below[s]), s))
         while failed is None and ready and len(running) < jobs:
             stage = ready.pop(0)
             todo.discard(stage)

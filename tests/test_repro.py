@@ -48,7 +48,8 @@ def test_independent_stages_run_side_by_side_and_a_second_run_runs_nothing(tmp_p
         "last": _stage("last.txt", 0.0, ["left.txt", "right.txt"]),
     })
     repro(project, jobs=2)
-    times = {n: [float(x) for x in (project / f"{n}.txt").read_text().split()] for n in ("first", "left", "right", "last")}
+    times = {n: [float(x) for x in (project / f"{n}.txt").read_text().split()]
+             for n in ("first", "left", "right", "last")}
     assert times["first"][1] <= min(times["left"][0], times["right"][0])  # upstream first
     assert max(times["left"][0], times["right"][0]) < min(times["left"][1], times["right"][1])  # they overlapped
     assert times["last"][0] >= max(times["left"][1], times["right"][1])
