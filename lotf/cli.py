@@ -355,8 +355,8 @@ def demo(directory: Path = typer.Argument(Path("lotf-demo"), help="working direc
     """See DEMO_HELP (lotf.demo.run_demo)."""
     from lotf.demo import run_demo
 
-    if jobs < 1:
-        raise typer.BadParameter(f"--jobs must be >= 1, got {jobs}")
+    if jobs < 1:  # before the project is made
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     run_demo(directory, campaign or None, profile, jobs)
 
 

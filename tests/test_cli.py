@@ -202,6 +202,11 @@ def test_bench_erbs_passes_friction_and_convention_and_rejects_bad_values(tmp_pa
         assert bad.returncode == 1 and message in one_error_line(bad), bad.stderr
 
 
+def test_demo_refuses_zero_jobs_in_one_line_before_making_the_project(tmp_path):
+    bad = lotf("demo", tmp_path / "demo", "--jobs", "0", cwd=tmp_path)
+    assert "--jobs must be >= 1" in one_error_line(bad) and not (tmp_path / "demo").exists()
+
+
 def test_demo_comparison_prints_every_model_and_the_reference_noise_floor(tmp_path, capsys):
     """The demo's final table: each model's D ratio, RDF deviation, T and stable time beside the
     reference, and the deviation the reference has against itself (absent in older projects)."""
