@@ -34,8 +34,10 @@ def _paths(entries) -> list[str]:
     return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
 
 
-def _inside(path: str, directory: str) -> bool:
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
+def _parents(path: str) -> list[str]:
+    """The directories above ``path`` ("a/b/c" -> ["a/b", "a"])."""
+    parts = path.split("/")
+    return ["/".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]
 
 
 def stage_graph(dvc_yaml: str | os.PathLike) -> dict[str, set[str]]:
@@ -44,15 +46,22 @@ def stage_graph(dvc_yaml: str | os.PathLike) -> dict[str, set[str]]:
     import yaml
 
     stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages") or {}
-    producer = {}
+    producer: dict[str, str] = {}  # output path -> stage
+    below: dict[str, set[str]] = {}  # directory -> stages with an output inside it
     for name, stage in stages.items():
         for out in _paths(stage.get("outs")) + _paths(stage.get("metrics")) + _paths(stage.get("plots")):
+            out = out.rstrip("/")
             producer[out] = name
+            for directory in _parents(out):
+                below.setdefault(directory, set()).add(name)
     graph = {}
     for name, stage in stages.items():
-        deps = _paths(stage.get("deps"))
-        graph[name] = {p for dep in deps for out, p in producer.items()
-                       if p != name and (_inside(dep, out) or _inside(out, dep))}
+        upstream: set[str] = set()
+        for dep in _paths(stage.get("deps")):
+            dep = dep.rstrip("/")
+            upstream |= {producer[p] for p in [dep, *_parents(dep)] if p in producer}  # the output or its directory
+            upstream |= below.get(dep, set())  # a directory holding outputs
+        graph[name] = upstream - {name}
     return graph
 
 
