@@ -73,6 +73,10 @@ def bmim_summary(directory: Path) -> dict:
         "bmim_density_g_cm3": rho["density_g_cm3"],
         "bmim_reference_density_g_cm3": density["reference"]["density_g_cm3"],
         "bmim_density_rel_err": rho["density_rel_err"],
+        # independent NPT runs of each (production.npt_replicas): the means, their errors and the runs
+        "bmim_density_rel_err_sem": rho.get("density_rel_err_sem"),
+        "bmim_density_runs_g_cm3": rho.get("runs_g_cm3"),
+        "bmim_reference_density_runs_g_cm3": density["reference"].get("runs_g_cm3"),
         "bmim_stable_ps": final["stable_ps"],
         "bmim_stop_reason": final["stop_reason"],
         "bmim_T_mean_K": final["T_mean_K"],

@@ -622,13 +622,22 @@ def _truth(project: zntrack.Project, c: Campaign, seed, label) -> dict:
         diffusion = Diffusion(data=nvt, groups=q["diffusion_groups"], temperature=T, max_lag_ps=q["max_lag_ps"],
                               fit_window_ps=q["fit_window_ps"], n_blocks=5, name="Diffusion")
         # one copy of the box: 10 ion pairs at ~1.2 g/cm³ are 14.6 Å wide, just above twice the 7 Å
-        # cutoff; the NPT default margin (5 %) would replicate it 2x2x2 (8x the cost)
-        npt = ReferenceMD(data=seed.frames, ensemble="npt", pressure=PRESSURE, temperature=T_npt,
-                          steps=t["steps"], replicate=[1, 1, 1], seed=1, name=f"NPT{T_npt:.0f}K", **md)
-        density = Density(data=npt, temperature=T_npt, experimental=c["experimental"]["density"],
-                          start=t["steps"] // t["interval"] // 5, name="Density")  # first 20 %: relaxation
-    return {"test": test, "start": seed, "nvt": nvt, "rdf": rdf, "diffusion": diffusion, "npt": npt,
-            "density": density}
+        # cutoff; the NPT default margin (5 %) would replicate it 2x2x2 (8x the cost). Independent
+        # runs (seeds) as the model's: the density of one small box scatters between runs
+        densities = []
+        for k in range(q.get("npt_replicas", 1)):
+            npt = ReferenceMD(data=seed.frames, ensemble="npt", pressure=PRESSURE, temperature=T_npt,
+                              steps=t["steps"], replicate=[1, 1, 1], seed=1 + k,
+                              name=_replica(f"NPT{T_npt:.0f}K", k), **md)
+            densities.append(Density(data=npt, temperature=T_npt, experimental=c["experimental"]["density"],
+                                     start=t["steps"] // t["interval"] // 5,  # first 20 %: relaxation
+                                     name=_replica("Density", k)))
+    return {"test": test, "start": seed, "nvt": nvt, "rdf": rdf, "diffusion": diffusion, "densities": densities}
+
+
+def _replica(name: str, k: int) -> str:
+    """The k-th of independent runs: the first keeps the plain name, the others are numbered."""
+    return name if k == 0 else f"{name}_{k + 1}"
 
 
 def _oracle_production(project: zntrack.Project, c: Campaign, models: dict[str, TrainModel], truth: dict) -> None:
@@ -646,13 +655,17 @@ def _oracle_production(project: zntrack.Project, c: Campaign, models: dict[str, 
         rdf = RDF(data=nvt, pairs=[ORACLE_RDF_PAIR], name="RDF")
         diffusion = Diffusion(data=nvt, groups=q["diffusion_groups"], temperature=T, max_lag_ps=q["max_lag_ps"],
                               fit_window_ps=q["fit_window_ps"], n_blocks=5, name="Diffusion")
-        npt = ProductionMD(data=truth["start"].frames, temperature=T_npt, ensemble="npt",
-                           barostat={"pressure": PRESSURE}, equilibration_steps=q["npt_equilibration_steps"],
-                           steps=q["npt_steps"], sampling_rate=q["npt_rate"], name=f"NPT{T_npt:.0f}K", **run)
-        density = Density(data=npt, temperature=T_npt, experimental=c["experimental"]["density"],
-                          start=q["npt_steps"] // q["npt_rate"] // 5, name="Density")
+        densities = []
+        for k in range(q.get("npt_replicas", 1)):  # independent runs from the same frame, seeds 0, 1, ...
+            npt = ProductionMD(data=truth["start"].frames, temperature=T_npt, ensemble="npt",
+                               barostat={"pressure": PRESSURE}, equilibration_steps=q["npt_equilibration_steps"],
+                               steps=q["npt_steps"], sampling_rate=q["npt_rate"],
+                               name=_replica(f"NPT{T_npt:.0f}K", k), **{**run, "seed": k})
+            densities.append(Density(data=npt, temperature=T_npt, experimental=c["experimental"]["density"],
+                                     start=q["npt_steps"] // q["npt_rate"] // 5, name=_replica("Density", k)))
         ReferenceComparison(names=[q["model"]], runs=[nvt], rdfs=[rdf], diffusions=[diffusion],
                             reference_run=truth["nvt"], reference_rdf=truth["rdf"],
                             reference_diffusion=truth["diffusion"], group=q["diffusion_groups"][0],
                             pair=ORACLE_RDF_PAIR, temperature=T, timestep=ORACLE_TIMESTEP, name="Comparison")
-        ReferenceDensity(names=[q["model"]], densities=[density], reference=truth["density"], name="DensityComparison")
+        ReferenceDensity(names=[q["model"]] * len(densities), densities=densities, reference=truth["densities"],
+                         name="DensityComparison")

@@ -85,9 +85,11 @@ class ReferenceComparison(zntrack.Node):
 class ReferenceDensity(zntrack.Node):
     """NPT densities of MLP runs against the reference force field's own NPT density.
 
-    ``densities`` are ``Density`` nodes of the MLP runs (one per model, named by ``names``),
-    ``reference`` the ``Density`` node of the reference's NPT at the same temperature and pressure.
-    ``metrics``: the reference density and, per model, its density and relative error.
+    ``densities`` are ``Density`` nodes of the MLP runs, ``names`` the model of each (a model with
+    several independent runs is named once per run; its density is their mean), ``reference`` the
+    reference's ``Density`` node or nodes (independent NPT runs at the same temperature and
+    pressure). ``metrics``: the reference's mean density and, per model, its mean, standard error,
+    the single runs and the relative error (:func:`lotf.analysis.validation.density_against_reference`).
     """
 
     names: list = zntrack.params()
@@ -97,11 +99,14 @@ class ReferenceDensity(zntrack.Node):
     metrics: dict = zntrack.metrics()
 
     def run(self) -> None:
-        from lotf.analysis.validation import density_against_reference
+        from lotf.analysis.validation import density_against_reference, density_runs
 
         if len(self.names) != len(self.densities):
-            raise ValueError("ReferenceDensity: names and densities need one entry per model")
-        ref = self.reference.metrics
-        self.metrics = {"reference": {"density_g_cm3": ref.get("density_g_cm3")},
-                        "models": {name: density_against_reference(d.metrics, ref)
-                                   for name, d in zip(self.names, self.densities)}}
+            raise ValueError("ReferenceDensity: names and densities need one entry per run")
+        refs = self.reference if isinstance(self.reference, (list, tuple)) else [self.reference]
+        ref_runs = [r.metrics for r in refs]
+        runs: dict[str, list[dict]] = {}
+        for name, d in zip(self.names, self.densities):
+            runs.setdefault(name, []).append(d.metrics)
+        self.metrics = {"reference": density_runs(ref_runs),
+                        "models": {name: density_against_reference(r, ref_runs) for name, r in runs.items()}}

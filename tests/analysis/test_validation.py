@@ -107,11 +107,33 @@ def test_diffusion_of_a_run_that_stopped_early_is_recorded_not_an_error(tmp_path
 
 
 def test_density_against_the_reference_npt():
-    out = density_against_reference({"density_g_cm3": 1.26}, {"density_g_cm3": 1.20})
+    out = density_against_reference([{"density_g_cm3": 1.26, "sem_g_cm3": 0.01}], [{"density_g_cm3": 1.20}])
     assert out["density_g_cm3"] == 1.26 and out["density_rel_err"] == pytest.approx(0.05)
+    assert out["sem_g_cm3"] == 0.01 and out["n_runs"] == 1  # one run: its own blocking error
     # a broken run's Density reports NaN: so does the comparison, and NaN fails any tolerance
-    broken = density_against_reference({"density_g_cm3": float("nan")}, {"density_g_cm3": 1.20})
+    broken = density_against_reference([{"density_g_cm3": float("nan")}], [{"density_g_cm3": 1.20}])
     assert np.isnan(broken["density_rel_err"]) and not abs(broken["density_rel_err"]) <= 0.05
+
+
+def test_density_of_independent_runs_is_their_mean_with_its_standard_error():
+    """Several NPT runs per potential: the means are compared, and the spread of the runs (not the
+    blocking error of any one of them) sets the error, propagated through the ratio."""
+    model = [{"density_g_cm3": x, "sem_g_cm3": 0.001} for x in (1.15, 1.02, 1.13)]
+    reference = [{"density_g_cm3": x} for x in (1.156, 1.181)]
+    out = density_against_reference(model, reference)
+    mean, ref = np.mean([1.15, 1.02, 1.13]), np.mean([1.156, 1.181])
+    sem, ref_sem = np.std([1.15, 1.02, 1.13], ddof=1) / np.sqrt(3), np.std([1.156, 1.181], ddof=1) / np.sqrt(2)
+    assert out["runs_g_cm3"] == [1.15, 1.02, 1.13] and out["n_runs"] == 3
+    assert out["density_g_cm3"] == pytest.approx(mean) and out["sem_g_cm3"] == pytest.approx(sem)
+    assert out["density_rel_err"] == pytest.approx(mean / ref - 1)
+    # independent errors of numerator and denominator, against a numerical propagation
+    eps = 1e-7
+    d_num = ((mean + eps) / ref - mean / ref) / eps
+    d_den = (mean / (ref + eps) - mean / ref) / eps
+    assert out["density_rel_err_sem"] == pytest.approx(np.hypot(d_num * sem, d_den * ref_sem), rel=1e-5)
+    # one broken run of three: the potential failed, the mean is NaN
+    model[1]["density_g_cm3"] = float("nan")
+    assert np.isnan(density_against_reference(model, reference)["density_g_cm3"])
 
 
 def test_reference_comparison_node_reports_the_reference_noise_floor(tmp_path, monkeypatch):
@@ -146,3 +168,30 @@ def test_reference_comparison_node_reports_the_reference_noise_floor(tmp_path, m
     node.reference_run = types.SimpleNamespace(frames=reference_frames[:3], metrics={"temperature_mean_K": 301.0})
     node.run()  # a reference of three frames has no halves: no floor, the comparison still stands
     assert node.metrics["reference"]["rdf_noise_floor"] is None and node.metrics["models"]["AL1"]["D_ratio"] == 0.5
+
+
+def test_reference_density_node_groups_a_models_runs(tmp_path, monkeypatch):
+    """Runs named by the same model are that model's independent runs: one mean per model, against
+    the mean of the reference's runs (one node or several)."""
+    import types
+
+    from lotf.nodes.validation import ReferenceDensity
+
+    monkeypatch.chdir(tmp_path)
+
+    def density(rho):
+        return types.SimpleNamespace(metrics={"density_g_cm3": rho, "sem_g_cm3": 0.002})
+
+    node = ReferenceDensity(names=["DFT", "DFT", "other"], densities=[density(1.10), density(1.14), density(1.30)],
+                            reference=[density(1.16), density(1.18)], name="Densities")
+    node.run()
+    assert node.metrics["reference"]["density_g_cm3"] == pytest.approx(1.17)
+    dft, other = node.metrics["models"]["DFT"], node.metrics["models"]["other"]
+    assert dft["runs_g_cm3"] == [1.10, 1.14] and dft["density_rel_err"] == pytest.approx(1.12 / 1.17 - 1)
+    assert other["n_runs"] == 1 and other["sem_g_cm3"] == 0.002
+    node.reference = density(1.20)  # a single reference node, as before
+    node.run()
+    assert node.metrics["models"]["DFT"]["density_rel_err"] == pytest.approx(1.12 / 1.20 - 1)
+    node.names = ["DFT"]
+    with pytest.raises(ValueError, match="one entry per run"):
+        node.run()

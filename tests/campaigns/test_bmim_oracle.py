@@ -1,6 +1,7 @@
 """The BMIM-BF4 oracle profile: every Table 1 row at reduced scale, labelled by the CL&P force field,
 with the reference's own MD as ground truth (README "Ground truth: the oracle profile")."""
 
+import json
 import math
 import re
 import os
@@ -116,6 +117,19 @@ def test_the_truth_runs_and_the_comparison(oracle):
     for stage in ("bmim-bf4_production_Comparison", "bmim-bf4_production_DensityComparison",
                   "bmim-bf4_reference_Density", "bmim-bf4_production_Density"):
         assert stage in stages, stage
+    # the density from independent NPT runs of the model and of the reference (distinct seeds, same
+    # start), all of them read by the comparison
+    model_runs = ["bmim-bf4_production_NPT300K", "bmim-bf4_production_NPT300K_2", "bmim-bf4_production_NPT300K_3"]
+    reference_runs = [name.replace("production", "reference") for name in model_runs]
+    for runs in (model_runs, reference_runs):
+        assert len({params[name]["seed"] for name in runs}) == 3
+        assert len({json.dumps({k: v for k, v in params[name].items() if k != "seed"}, sort_keys=True)
+                    for name in runs}) == 1
+    comparison_deps = " ".join(stages["bmim-bf4_production_DensityComparison"]["deps"])
+    for density in ("production/Density", "production/Density_2", "production/Density_3",
+                    "reference/Density", "reference/Density_2", "reference/Density_3"):
+        assert f"{density}/" in comparison_deps or comparison_deps.endswith(density), density
+    assert params["bmim-bf4_production_DensityComparison"]["names"] == ["DFT"] * 3
 
 
 def test_the_paper_and_smoke_profiles_have_no_truth():
@@ -164,8 +178,10 @@ def test_the_benchmark_summary_reads_the_finished_project(tmp_path):
         (nodes / where).mkdir(parents=True)
         (nodes / where / "metrics.json").write_text(json.dumps(metrics))
 
-    write("production/DensityComparison", {"reference": {"density_g_cm3": 1.2},
-                                           "models": {"DFT": {"density_g_cm3": 1.23, "density_rel_err": 0.025}}})
+    write("production/DensityComparison", {"reference": {"density_g_cm3": 1.2, "runs_g_cm3": [1.19, 1.21]},
+                                           "models": {"DFT": {"density_g_cm3": 1.23, "density_rel_err": 0.025,
+                                                              "density_rel_err_sem": 0.01,
+                                                              "runs_g_cm3": [1.22, 1.24]}}})
     write("production/Comparison", {"reference": {"D_A2_per_ns": 5.0, "T_mean_K": 352.0},
                                     "models": {"DFT": {"D_ratio": 1.4, "T_mean_K": 350.0, "stable_ps": 12.5,
                                                        "stop_reason": "bond_graph", "rdf_max_abs_dev": 0.3}}})
@@ -176,6 +192,8 @@ def test_the_benchmark_summary_reads_the_finished_project(tmp_path):
                  ).to_csv(nodes / "report" / "CampaignReport" / "report" / "iterations.csv", index=False)
     out = bmim_summary(tmp_path)
     assert out["bmim_density_rel_err"] == 0.025 and out["bmim_density_ok"]
+    assert out["bmim_density_runs_g_cm3"] == [1.22, 1.24] and out["bmim_density_rel_err_sem"] == 0.01
+    assert out["bmim_reference_density_runs_g_cm3"] == [1.19, 1.21]
     assert out["bmim_stable_ps"] == 12.5 and not out["bmim_stable_ok"] and out["bmim_stop_reason"] == "bond_graph"
     assert out["bmim_test_forces_mae"] == {"classical": 300.0, "ML0": 200.0, "ML17": 90.0}
     assert out["bmim_test_forces_mae_first"] == 300.0 and out["bmim_test_forces_mae_last"] == 90.0
