@@ -33,6 +33,9 @@ def water_summary(directory: Path) -> dict:
     comparison = json.loads((nodes / "production" / "Comparison" / "metrics.json").read_text())
     models = comparison["models"]
     out = {"water_reference_D_A2_per_ns": comparison["reference"]["D_A2_per_ns"],
+           # independent truth runs (truth.replicas): each run's D and the standard error of their mean
+           "water_reference_D_runs_A2_per_ns": comparison["reference"].get("D_runs_A2_per_ns"),
+           "water_reference_D_sem_A2_per_ns": comparison["reference"].get("D_sem_A2_per_ns"),
            # the reference against itself (first half against second): what the RDF deviation resolves
            "water_rdf_noise_floor": comparison["reference"].get("rdf_noise_floor")}
     finals = {}

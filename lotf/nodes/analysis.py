@@ -493,7 +493,8 @@ class ObservableTrend(zntrack.Node):
     ``error_key`` likewise for the error bar. ``series`` names the curve of each node (e.g. "md",
     "erbs") and ``steps`` its position on the x axis (e.g. the iteration). ``reference`` draws a
     horizontal line (seed 2: the experimental 241 Å²/ns of water); ``reference_node`` takes it
-    from that node's metric at ``key`` instead (a ground-truth run).
+    from that node's metric at ``key`` instead (a ground-truth run), or from the mean over a list of
+    such nodes (independent runs).
     """
 
     nodes: list = zntrack.deps()
@@ -531,7 +532,8 @@ class ObservableTrend(zntrack.Node):
         df = pd.DataFrame(rows)
         reference = self.reference
         if self.reference_node is not None:
-            reference = self._lookup(self.reference_node.metrics, self.key, self.reference_node.name)
+            refs = self.reference_node if isinstance(self.reference_node, (list, tuple)) else [self.reference_node]
+            reference = float(np.mean([self._lookup(r.metrics, self.key, r.name) for r in refs]))
         self.nwd.mkdir(parents=True, exist_ok=True)
         df.to_csv(self.table, index=False)
         plots.plot_trend(df, self.figure, self.y_label or self.key, reference, self.reference_label)

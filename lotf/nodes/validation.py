@@ -13,7 +13,9 @@ class ReferenceComparison(zntrack.Node):
     """Compare MLP runs with the reference run of the same system, temperature and size.
 
     ``runs``, ``rdfs`` and ``diffusions`` are parallel lists (one entry per model, named by
-    ``names``); ``reference_*`` are the reference's own ``ReferenceMD``/``RDF``/``Diffusion``.
+    ``names``); ``reference_*`` are the reference's own ``ReferenceMD``/``RDF``/``Diffusion``;
+    ``reference_diffusion`` may be a list (independent runs): D_ref is then their mean, with the
+    standard error of that mean from their spread.
     Per model: D/D_ref for ``group``, the largest |g(r) − g_ref(r)| of ``pair``, mean temperature
     against ``temperature``, and the picoseconds before a stop check fired (``stable_ps``).
     ``metrics`` also name the best model by D and RDF, and give the reference's ``rdf_noise_floor``
@@ -43,7 +45,10 @@ class ReferenceComparison(zntrack.Node):
 
         if not (len(self.names) == len(self.runs) == len(self.rdfs) == len(self.diffusions)):
             raise ValueError("ReferenceComparison: names, runs, rdfs and diffusions need one entry per model")
-        ref_d = self.reference_diffusion.metrics[self.group]["D_A2_per_ns"]
+        ref_runs = self.reference_diffusion if isinstance(self.reference_diffusion, (list, tuple)) \
+            else [self.reference_diffusion]
+        ref_ds = [float(r.metrics[self.group]["D_A2_per_ns"]) for r in ref_runs]
+        ref_d = float(np.mean(ref_ds))
         ref_rdf = self.reference_rdf.rdf
         rows = []
         for name, run, rdf, diffusion in zip(self.names, self.runs, self.rdfs, self.diffusions):
@@ -59,6 +64,8 @@ class ReferenceComparison(zntrack.Node):
             if _frame_count(source) >= NOISE_FLOOR_MIN_FRAMES else None
         reference = {"D_A2_per_ns": ref_d, "T_mean_K": self.reference_run.metrics.get("temperature_mean_K"),
                      "rdf_noise_floor": floor}
+        if len(ref_ds) > 1:
+            reference.update(D_runs_A2_per_ns=ref_ds, D_sem_A2_per_ns=float(np.std(ref_ds, ddof=1) / np.sqrt(len(ref_ds))))
         self.metrics = {"reference": reference, "models": {r["model"]: {k: v for k, v in r.items() if k != "model"}
                                                            for r in rows}}
         self._plot([rdf.rdf for rdf in self.rdfs], ref_rdf)

@@ -349,6 +349,14 @@ def test_density_comparison_and_trend_nodes(workdir):
     assert trend.metrics["md"]["AL2"] == 280.0
     assert trend.metrics["erbs"]["last_relative_error"] == pytest.approx(4.0 / 241.0)
     assert trend.figure.stat().st_size > 1000
+    # the reference from ground-truth runs: one node, or the mean of independent runs
+    trend.reference, trend.reference_node = None, diff("truth", 250.0)
+    trend.run()
+    assert trend.metrics["reference"] == 250.0
+    trend.reference_node = [diff("truth", 250.0), diff("truth_2", 230.0)]
+    trend.run()
+    assert trend.metrics["reference"] == pytest.approx(240.0)
+    assert trend.metrics["md"]["last_relative_error"] == pytest.approx(40.0 / 240.0)
     with pytest.raises(ValueError, match="not found"):
         nodes.ObservableTrend(nodes=[diff("x", 1.0)], key="com:H2O/nope", series=["a"], steps=["1"],
                               name="bad").run()

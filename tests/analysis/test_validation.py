@@ -165,9 +165,18 @@ def test_reference_comparison_node_reports_the_reference_noise_floor(tmp_path, m
     model = node.metrics["models"]["AL1"]
     assert model["D_ratio"] == pytest.approx(0.5) and model["T_dev_K"] == pytest.approx(3.0)
     assert model["rdf_max_abs_dev"] > 2 * floor  # a hotter crystal is resolved above the floor
+    assert "D_runs_A2_per_ns" not in node.metrics["reference"]  # one reference run: no spread to report
+    # independent reference runs: D_ref is their mean, its standard error from their spread
+    node.reference_diffusion = [types.SimpleNamespace(metrics={"O": {"D_A2_per_ns": d}}) for d in (180.0, 200.0, 250.0)]
+    node.run()
+    assert node.metrics["reference"]["D_A2_per_ns"] == pytest.approx(210.0)
+    assert node.metrics["reference"]["D_runs_A2_per_ns"] == [180.0, 200.0, 250.0]
+    assert node.metrics["reference"]["D_sem_A2_per_ns"] == pytest.approx(np.std([180, 200, 250], ddof=1) / np.sqrt(3))
+    assert node.metrics["models"]["AL1"]["D_ratio"] == pytest.approx(100.0 / 210.0)
     node.reference_run = types.SimpleNamespace(frames=reference_frames[:3], metrics={"temperature_mean_K": 301.0})
     node.run()  # a reference of three frames has no halves: no floor, the comparison still stands
-    assert node.metrics["reference"]["rdf_noise_floor"] is None and node.metrics["models"]["AL1"]["D_ratio"] == 0.5
+    assert node.metrics["reference"]["rdf_noise_floor"] is None
+    assert node.metrics["models"]["AL1"]["D_ratio"] == pytest.approx(100.0 / 210.0)
 
 
 def test_reference_density_node_groups_a_models_runs(tmp_path, monkeypatch):

@@ -155,5 +155,15 @@ def test_validation_truth_and_production_use_their_own_larger_box(tmp_path):
     assert params["water_md_AL3_TrainModel"]["overrides"]["training"] == {"warm_start_lr_factor": 0.3,
                                                                          "warm_start_epochs": 60}
     assert params["water_bootstrap_B1Model"]["overrides"]["training"]["warm_start_epochs"] == 60
+    # D_ref from three independent truth runs (seeds 0-2, the same box and length): one run's D
+    # scatters by about 20 % between runs; the models start from the first run's last frame
+    truths = ["water_reference_NVT300K", "water_reference_NVT300K_2", "water_reference_NVT300K_3"]
+    assert [params[name]["seed"] for name in truths] == [0, 1, 2]
+    assert len({str({k: v for k, v in params[name].items() if k != "seed"}) for name in truths}) == 1
+    comparison = " ".join(stages["water_production_Comparison"]["deps"])
+    trend = " ".join(stages["water_production_DiffusionTrend"]["deps"])
+    for diffusion in ("Diffusion", "Diffusion_2", "Diffusion_3"):
+        assert f"nodes/water/reference/{diffusion}/metrics.json" in comparison.split()
+        assert f"nodes/water/reference/{diffusion}/metrics.json" in trend.split()
     assert "water_reference_TruthBox" not in yaml.safe_load(
         (REPO / "tests" / "campaigns" / "snapshots" / "water-oracle.json").read_text()).get("params", {})
