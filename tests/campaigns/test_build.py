@@ -151,10 +151,10 @@ def test_validation_truth_and_production_use_their_own_larger_box(tmp_path):
     assert "nodes/water/reference/NVT300K/frames.h5" in stages["water_production_md_AL3_NVT300K"]["deps"]
     # the test set still comes from the training boxes (32 waters)
     assert "nodes/water/bootstrap/Equilibrated/frames.h5" in stages["water_reference_Test300K"]["deps"]
-    # its warm starts: 60 epochs at 0.3 of the rates (the demo's oracle keeps the preset's)
-    assert params["water_md_AL3_TrainModel"]["overrides"]["training"] == {"warm_start_lr_factor": 0.3,
-                                                                         "warm_start_epochs": 60}
-    assert params["water_bootstrap_B1Model"]["overrides"]["training"]["warm_start_epochs"] == 60
+    # its warm starts: 150 epochs at the preset's rates (the demo's oracle keeps the preset's 30)
+    assert params["water_md_AL3_TrainModel"]["overrides"]["training"] == {"warm_start_lr_factor": 1.0,
+                                                                         "warm_start_epochs": 150}
+    assert params["water_bootstrap_B1Model"]["overrides"]["training"]["warm_start_epochs"] == 150
     # D_ref from three independent truth runs (seeds 0-2, the same box and length): one run's D
     # scatters by about 20 % between runs; the models start from the first run's last frame
     truths = ["water_reference_NVT300K", "water_reference_NVT300K_2", "water_reference_NVT300K_3"]
