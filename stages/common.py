@@ -104,6 +104,12 @@ def check_row(campaign: str, row: dict[str, Any], starts=None, kinds=ROW_KINDS, 
         raise BuildError(f"{where}: {err}") from None
 
 
+def replica_name(name: str, k: int) -> str:
+    """The k-th of independent runs (seeds) of one protocol: the first keeps the plain name (so a
+    single run is named as before), the others are numbered, NPT300K_2, NPT300K_3, ..."""
+    return name if k == 0 else f"{name}_{k + 1}"
+
+
 def as_sources(structure: Any) -> list:
     """A start structure as a list of frame connections (``node.frames``): MD and FIRE nodes
     flatten the list and take its last frame, so ``[start, md.frames]`` is "the MD's last frame,

@@ -48,7 +48,7 @@ from lotf.nodes.sampling import GeometryOptimisation, MDSampling
 from lotf.nodes.seed import GromacsSeed, PackBox, SmilesConformers, StructureMolecules, VolumeScan
 from lotf.nodes.validation import ReferenceComparison, ReferenceDensity
 from stages.common import (DEFAULT_SCREENING, BuildError, CampaignState, as_sources, check_row, hand_on, labeller,
-                           learning_step, report)
+                           learning_step, replica_name, report)
 
 # row kinds and the structures an MD or FIRE may start from
 KINDS = ("sampling", "conformers", "volume_scan", "no_d3")
@@ -628,16 +628,11 @@ def _truth(project: zntrack.Project, c: Campaign, seed, label) -> dict:
         for k in range(q.get("npt_replicas", 1)):
             npt = ReferenceMD(data=seed.frames, ensemble="npt", pressure=PRESSURE, temperature=T_npt,
                               steps=t["steps"], replicate=[1, 1, 1], seed=1 + k,
-                              name=_replica(f"NPT{T_npt:.0f}K", k), **md)
+                              name=replica_name(f"NPT{T_npt:.0f}K", k), **md)
             densities.append(Density(data=npt, temperature=T_npt, experimental=c["experimental"]["density"],
                                      start=t["steps"] // t["interval"] // 5,  # first 20 %: relaxation
-                                     name=_replica("Density", k)))
+                                     name=replica_name("Density", k)))
     return {"test": test, "start": seed, "nvt": nvt, "rdf": rdf, "diffusion": diffusion, "densities": densities}
-
-
-def _replica(name: str, k: int) -> str:
-    """The k-th of independent runs: the first keeps the plain name, the others are numbered."""
-    return name if k == 0 else f"{name}_{k + 1}"
 
 
 def _oracle_production(project: zntrack.Project, c: Campaign, models: dict[str, TrainModel], truth: dict) -> None:
@@ -660,9 +655,9 @@ def _oracle_production(project: zntrack.Project, c: Campaign, models: dict[str, 
             npt = ProductionMD(data=truth["start"].frames, temperature=T_npt, ensemble="npt",
                                barostat={"pressure": PRESSURE}, equilibration_steps=q["npt_equilibration_steps"],
                                steps=q["npt_steps"], sampling_rate=q["npt_rate"],
-                               name=_replica(f"NPT{T_npt:.0f}K", k), **{**run, "seed": k})
+                               name=replica_name(f"NPT{T_npt:.0f}K", k), **{**run, "seed": k})
             densities.append(Density(data=npt, temperature=T_npt, experimental=c["experimental"]["density"],
-                                     start=q["npt_steps"] // q["npt_rate"] // 5, name=_replica("Density", k)))
+                                     start=q["npt_steps"] // q["npt_rate"] // 5, name=replica_name("Density", k)))
         ReferenceComparison(names=[q["model"]], runs=[nvt], rdfs=[rdf], diffusions=[diffusion],
                             reference_run=truth["nvt"], reference_rdf=truth["rdf"],
                             reference_diffusion=truth["diffusion"], group=q["diffusion_groups"][0],

@@ -27,7 +27,7 @@ from lotf.nodes.reference import ReferenceMD
 from lotf.nodes.sampling import GeometryOptimisation
 from lotf.nodes.seed import Bootstrap, PackBox, SmilesConformers
 from lotf.nodes.validation import ReferenceComparison
-from stages.common import BuildError, CampaignState, check_row, labeller, learning_step, report
+from stages.common import BuildError, CampaignState, check_row, labeller, learning_step, replica_name, report
 
 TIMESTEP = 0.5  # fs: production and reference MD
 STARTS = ("bootstrap",)  # structure sources a row's "start" may name (checked at build time)
@@ -166,13 +166,14 @@ def _truth(project: zntrack.Project, c: Campaign, box, molecule, label) -> dict:
         # noise floor and the models' start frame come from the first run
         runs, diffusions = [], []
         for k in range(t.get("replicas", 1)):
-            suffix = "" if k == 0 else f"_{k + 1}"
             runs.append(ReferenceMD(data=truth_box.frames, temperature=temperature, steps=t["steps"],
                                     equilibration_steps=t["equilibration_steps"], seed=k,
-                                    name=f"NVT{temperature:.0f}K{suffix}", **md))
+                                    name=replica_name(f"NVT{temperature:.0f}K", k), **md))
             diffusions.append(Diffusion(data=runs[-1], groups=[q["group"]], max_lag_ps=q["max_lag_ps"],
-                                        fit_window_ps=q["fit_window_ps"], n_blocks=5, name=f"Diffusion{suffix}"))
+                                        fit_window_ps=q["fit_window_ps"], n_blocks=5,
+                                        name=replica_name("Diffusion", k)))
         rdf = RDF(data=runs[0], pairs=["O-O"], name="RDF")
+    # one run: the node itself, so that the graph of a single truth run is the one it always was
     return {"test": test, "run": runs[0], "rdf": rdf, "diffusion": diffusions[0] if len(diffusions) == 1 else diffusions}
 
 

@@ -65,7 +65,8 @@ class ReferenceComparison(zntrack.Node):
         reference = {"D_A2_per_ns": ref_d, "T_mean_K": self.reference_run.metrics.get("temperature_mean_K"),
                      "rdf_noise_floor": floor}
         if len(ref_ds) > 1:
-            reference.update(D_runs_A2_per_ns=ref_ds, D_sem_A2_per_ns=float(np.std(ref_ds, ddof=1) / np.sqrt(len(ref_ds))))
+            reference.update(D_runs_A2_per_ns=ref_ds,
+                             D_sem_A2_per_ns=float(np.std(ref_ds, ddof=1) / np.sqrt(len(ref_ds))))
         self.metrics = {"reference": reference, "models": {r["model"]: {k: v for k, v in r.items() if k != "model"}
                                                            for r in rows}}
         self._plot([rdf.rdf for rdf in self.rdfs], ref_rdf)
