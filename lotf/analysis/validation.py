@@ -87,12 +87,22 @@ def density_runs(runs: list[dict]) -> dict:
     rho = np.array([float(r.get("density_g_cm3", np.nan)) for r in runs])
     if len(rho) == 0:
         raise ValueError("density_runs: no runs")
-    mean = float(np.mean(rho))
-    if len(rho) > 1:
-        sem = float(np.std(rho, ddof=1) / np.sqrt(len(rho)))
-    else:
+    mean, sem = mean_of_runs(rho)
+    if len(rho) == 1:
         sem = float(runs[0].get("sem_g_cm3", np.nan))
     return {"density_g_cm3": mean, "sem_g_cm3": sem, "runs_g_cm3": rho.tolist(), "n_runs": len(rho)}
+
+
+def mean_of_runs(values) -> tuple[float, float]:
+    """Mean of independent runs' values and its standard error (:func:`lotf.analysis.statistics.summarize`).
+    A NaN run (a potential that failed) makes both NaN; one run has no spread (NaN error)."""
+    from lotf.analysis.statistics import summarize
+
+    values = np.asarray(values, float)
+    if len(values) < 2 or not np.all(np.isfinite(values)):
+        return float(np.mean(values)), float("nan")
+    result = summarize(values)
+    return result.mean, result.sem
 
 
 def density_against_reference(runs: list[dict], reference_runs: list[dict]) -> dict:

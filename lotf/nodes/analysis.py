@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 _FILE_ATTRIBUTES = ("traj_file", "trajectory_file", "trajectory", "frames_path", "file")
 
 
+def as_runs(value: t.Any) -> list:
+    """A dependency given as one node or as a list of nodes (independent runs), as a list."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def resolve_source(data: t.Any, file_index: int = 0) -> SourceLike:
     """A trajectory file path or a list of ``ase.Atoms`` from a node, path or list."""
     if isinstance(data, (str, os.PathLike)):
@@ -532,8 +537,8 @@ class ObservableTrend(zntrack.Node):
         df = pd.DataFrame(rows)
         reference = self.reference
         if self.reference_node is not None:
-            refs = self.reference_node if isinstance(self.reference_node, (list, tuple)) else [self.reference_node]
-            reference = float(np.mean([self._lookup(r.metrics, self.key, r.name) for r in refs]))
+            values = [self._lookup(r.metrics, self.key, r.name) for r in as_runs(self.reference_node)]
+            reference = float(np.mean(values))
         self.nwd.mkdir(parents=True, exist_ok=True)
         df.to_csv(self.table, index=False)
         plots.plot_trend(df, self.figure, self.y_label or self.key, reference, self.reference_label)
@@ -692,7 +697,7 @@ class ExplorationMetrics(zntrack.Node):
     metrics: dict = zntrack.metrics()
 
     def run(self) -> None:
-        runs = self.data if isinstance(self.data, (list, tuple)) else [self.data]
+        runs = as_runs(self.data)
         names = self.names or [getattr(r, "name", None) or f"run{k}" for k, r in enumerate(runs)]
         if len(names) != len(runs):
             raise ValueError(f"names: {len(names)} names for {len(runs)} runs")

@@ -40,15 +40,13 @@ class ReferenceComparison(zntrack.Node):
     metrics: dict = zntrack.metrics()
 
     def run(self) -> None:
-        from lotf.analysis.validation import NOISE_FLOOR_MIN_FRAMES, compare_run, rdf_noise_floor
-        from lotf.nodes.analysis import _frame_count, resolve_source
+        from lotf.analysis.validation import NOISE_FLOOR_MIN_FRAMES, compare_run, mean_of_runs, rdf_noise_floor
+        from lotf.nodes.analysis import _frame_count, as_runs, resolve_source
 
         if not (len(self.names) == len(self.runs) == len(self.rdfs) == len(self.diffusions)):
             raise ValueError("ReferenceComparison: names, runs, rdfs and diffusions need one entry per model")
-        ref_runs = self.reference_diffusion if isinstance(self.reference_diffusion, (list, tuple)) \
-            else [self.reference_diffusion]
-        ref_ds = [float(r.metrics[self.group]["D_A2_per_ns"]) for r in ref_runs]
-        ref_d = float(np.mean(ref_ds))
+        ref_ds = [float(r.metrics[self.group]["D_A2_per_ns"]) for r in as_runs(self.reference_diffusion)]
+        ref_d, ref_sem = mean_of_runs(ref_ds)
         ref_rdf = self.reference_rdf.rdf
         rows = []
         for name, run, rdf, diffusion in zip(self.names, self.runs, self.rdfs, self.diffusions):
@@ -65,8 +63,7 @@ class ReferenceComparison(zntrack.Node):
         reference = {"D_A2_per_ns": ref_d, "T_mean_K": self.reference_run.metrics.get("temperature_mean_K"),
                      "rdf_noise_floor": floor}
         if len(ref_ds) > 1:
-            reference.update(D_runs_A2_per_ns=ref_ds,
-                             D_sem_A2_per_ns=float(np.std(ref_ds, ddof=1) / np.sqrt(len(ref_ds))))
+            reference.update(D_runs_A2_per_ns=ref_ds, D_sem_A2_per_ns=ref_sem)
         self.metrics = {"reference": reference, "models": {r["model"]: {k: v for k, v in r.items() if k != "model"}
                                                            for r in rows}}
         self._plot([rdf.rdf for rdf in self.rdfs], ref_rdf)
@@ -108,11 +105,11 @@ class ReferenceDensity(zntrack.Node):
 
     def run(self) -> None:
         from lotf.analysis.validation import density_against_reference, density_runs
+        from lotf.nodes.analysis import as_runs
 
         if len(self.names) != len(self.densities):
             raise ValueError("ReferenceDensity: names and densities need one entry per run")
-        refs = self.reference if isinstance(self.reference, (list, tuple)) else [self.reference]
-        ref_runs = [r.metrics for r in refs]
+        ref_runs = [r.metrics for r in as_runs(self.reference)]
         runs: dict[str, list[dict]] = {}
         for name, d in zip(self.names, self.densities):
             runs.setdefault(name, []).append(d.metrics)
