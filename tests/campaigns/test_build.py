@@ -148,11 +148,15 @@ def test_validation_truth_and_production_use_their_own_larger_box(tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["water_reference_TruthBox"]["count"] == [64]
     assert "nodes/water/reference/TruthEquilibrated/frames.h5" in stages["water_reference_NVT300K"]["deps"]
-    assert "nodes/water/reference/NVT300K/frames.h5" in stages["water_production_md_AL3_NVT300K"]["deps"]
+    assert "nodes/water/reference/NVT300K/frames.h5" in stages["water_production_md_AL4_NVT300K"]["deps"]
+    # four iterations (the demo runs two); only the final model of each workflow runs production
+    assert {s for s in stages if s.endswith("_TrainModel")} >= {f"water_{w}_AL{k}_TrainModel"
+                                                                 for w in ("md", "erbs") for k in (1, 2, 3, 4)}
+    assert not any(s.startswith("water_production_") and "_AL3_" in s for s in stages)
     # the test set still comes from the training boxes (32 waters)
     assert "nodes/water/bootstrap/Equilibrated/frames.h5" in stages["water_reference_Test300K"]["deps"]
     # its warm starts: 150 epochs at the preset's rates (the demo's oracle keeps the preset's 30)
-    assert params["water_md_AL3_TrainModel"]["overrides"]["training"] == {"warm_start_lr_factor": 1.0,
+    assert params["water_md_AL4_TrainModel"]["overrides"]["training"] == {"warm_start_lr_factor": 1.0,
                                                                          "warm_start_epochs": 150}
     assert params["water_bootstrap_B1Model"]["overrides"]["training"]["warm_start_epochs"] == 150
     # D_ref from three independent truth runs (seeds 0-2, the same box and length): one run's D
