@@ -196,6 +196,11 @@ def test_bench_erbs_passes_friction_and_convention_and_rejects_bad_values(tmp_pa
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["friction_per_fs"] == 0.001 and result["convention"] == "reference"
     assert result["steps"] == 100 and result["n_erbs_runs"] == 2  # ERBS A and B always run
+    # the step cost is the ERBS runs' wall time over their steps (not a mean of per-run ratios, which
+    # a run that dissociated after 20 steps of compile time dominates)
+    erbs = [r for r in result["runs"] if r["method"] == "erbs" and not r["dissociated"]]
+    assert erbs and result["ms_per_step_erbs"] == pytest.approx(
+        1e3 * sum(r["wall_s"] for r in erbs) / sum(r["steps_done"] for r in erbs))
     for args, message in ((["--friction", "0"], "friction must be > 0"),
                           (["--convention", "nonsense"], "convention must be one of")):
         bad = lotf("bench", "erbs", "--duration-ps", "0.05", *args, cwd=tmp_path)
