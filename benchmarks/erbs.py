@@ -112,7 +112,7 @@ def erbs_benchmark(duration_ps: float = 80.0, budget_s: float = 3600.0, conventi
     a, b = find(ERBS_A), find(ERBS_B)
     # a run that dissociated after a few steps costs its compile time only: time per run and per
     # step come from the runs that went the whole way (all runs if none did)
-    full = [r for r in erbs_runs if not r["dissociated"]] or erbs_runs
+    full = intact or erbs_runs
     erbs_wall = [r["wall_s"] for r in full]
     return {
         "duration_ps": duration_ps, "steps": steps, "interval": interval, "timestep_fs": 0.5,
