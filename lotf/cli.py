@@ -212,11 +212,14 @@ def bench_potential(quick: bool = typer.Option(False, help="fewer sizes and repe
 
 
 @bench_app.command("warmstart")
-def bench_warmstart(epochs: int = typer.Option(100, help="epochs of the from-scratch runs")):
+def bench_warmstart(epochs: int = typer.Option(100, help="epochs of the from-scratch runs"),
+                    new_fraction: float = typer.Option(None, help="share of each warm epoch's draws given to the "
+                                                       "new structures (default: the training default; 0: uniform)"),
+                    seed: int = typer.Option(0, help="seed of the data and the training")):
     """Continual learning: epochs a warm start and a fresh start need after 20 % new structures."""
     from lotf.bench import warmstart_benchmark
 
-    typer.echo(json.dumps(warmstart_benchmark(epochs=epochs)))
+    typer.echo(json.dumps(warmstart_benchmark(epochs=epochs, new_fraction=new_fraction, seed=seed)))
 
 
 @bench_app.command("validation")

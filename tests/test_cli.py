@@ -230,3 +230,19 @@ def test_demo_comparison_prints_every_model_and_the_reference_noise_floor(tmp_pa
     path.write_text(json.dumps({"reference": {"D_A2_per_ns": 182.7, "T_mean_K": 302.7}, "models": models}))
     print_comparison(path)
     assert "two halves" not in capsys.readouterr().out
+
+
+def test_bench_warmstart_reports_the_epochs_of_both_runs_and_the_new_structures():
+    from lotf.bench import warmstart_benchmark
+
+    out = warmstart_benchmark(epochs=10, n_train=20, new_fraction=0.5)
+    assert out["n_new"] == 4 and out["warm_start_new_fraction"] == 0.5
+    assert 1 <= out["epochs_to_match_scratch"] <= 10
+    budgets = [w["epochs"] for w in out["warm"]]
+    assert budgets == sorted(budgets) and budgets[0] == 1
+    # every warm start found the four added structures by their fingerprints
+    assert all(w["n_train_new"] == 4 for w in out["warm"])
+    warm = out["epochs_to_match_warm"]
+    assert out["ratio"] == (warm / out["epochs_to_match_scratch"] if warm is not None else None)
+    if warm is not None:
+        assert budgets[-1] == warm and out["warm"][-1]["val_loss"] <= out["target_val_loss"]

@@ -107,10 +107,59 @@ class Dataset:
             a += n
         return graph, Labels(energy, forces, stress, has_stress, n_atoms, mask, volume)
 
-    def batches(self, batch_size: int, padding: tuple[int, int], rng: np.random.Generator | None = None):
-        order = np.arange(len(self)) if rng is None else rng.permutation(len(self))
+    def batches(self, batch_size: int, padding: tuple[int, int], rng: np.random.Generator | None = None,
+                order: np.ndarray | None = None):
+        """Padded batches in ``order`` (default: shuffled with ``rng``, or in file order)."""
+        if order is None:
+            order = np.arange(len(self)) if rng is None else rng.permutation(len(self))
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start:start + batch_size], batch_size, padding)
+
+
+def emphasised_order(new: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """One epoch of ``len(new)`` draws of which ``fraction`` are structures with ``new`` set.
+
+    New structures are cycled (each in turn before any repeats), old ones drawn without
+    replacement; a plain permutation when new ones already make up ``fraction`` or either kind
+    is missing, so new data are never drawn less often than uniformly.
+    """
+    new = np.asarray(new, bool)
+    n = len(new)
+    new_idx, old_idx = np.flatnonzero(new), np.flatnonzero(~new)
+    n_new = int(round(fraction * n))
+    if len(new_idx) == 0 or len(old_idx) == 0 or len(new_idx) >= n_new:
+        return rng.permutation(n)
+    cycles = -(-n_new // len(new_idx))
+    drawn_new = np.concatenate([rng.permutation(new_idx) for _ in range(cycles)])[:n_new]
+    drawn_old = rng.choice(old_idx, size=n - n_new, replace=False)
+    return rng.permutation(np.concatenate([drawn_new, drawn_old]))
+
+
+def fingerprint(atoms: Atoms) -> dict:
+    """What identifies a structure across file round trips: its elements (exactly) and moments of
+    its positions and its volume (to a relative 1e-6, which text and float32 storage keep; two
+    frames of a trajectory differ far more). Compared by :func:`seen_before`."""
+    import hashlib
+
+    pos = np.asarray(atoms.positions, float)
+    moments = [*pos.sum(axis=0), *(pos**2).sum(axis=0), abs(atoms.cell.volume)]
+    return {"elements": hashlib.sha1(np.asarray(atoms.numbers, np.int64).tobytes()).hexdigest(),
+            "moments": [float(m) for m in moments]}
+
+
+def seen_before(fingerprints: list[dict], earlier: list[dict]) -> np.ndarray:
+    """For each fingerprint, whether one of ``earlier`` matches it."""
+    by_elements: dict[str, list] = {}
+    for f in earlier:
+        by_elements.setdefault(f["elements"], []).append(f["moments"])
+    tables = {k: np.asarray(v) for k, v in by_elements.items()}
+    seen = np.zeros(len(fingerprints), bool)
+    for i, f in enumerate(fingerprints):
+        table = tables.get(f["elements"])
+        if table is not None:
+            m = np.asarray(f["moments"])
+            seen[i] = bool(np.any(np.all(np.abs(table - m) <= 1e-6 * (1 + np.abs(m)), axis=1)))
+    return seen
 
 
 def bucket(n: int) -> int:

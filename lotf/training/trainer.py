@@ -25,7 +25,7 @@ from lotf.potential.model import ConfigError, Model, ModelConfig
 from lotf.potential.predict import make_predict
 from lotf.training import statistics
 from lotf.training.config import TrainConfig, check_compatible
-from lotf.training.data import Dataset, species_of
+from lotf.training.data import Dataset, emphasised_order, fingerprint, seen_before, species_of
 from lotf.training.loss import loss_terms, prediction_metrics, selection_score
 
 GROUPS = ("embedding", "network", "scale", "shift")
@@ -155,7 +155,8 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
     are a candidate too. ``init_from`` warm-starts from an earlier model directory (same
     architecture and elements): its scale is kept, its shift too unless the labels' energy zero
     moved (:func:`refit_shift`), and the learning rates are scaled and ramped up
-    (``warm_start_lr_factor``, ``warmup_epochs``).
+    (``warm_start_lr_factor``, ``warmup_epochs``); the structures it was not trained on get
+    ``warm_start_new_fraction`` of each epoch's draws.
     """
     out_dir = Path(out_dir)
     train_frames, dropped_train = without_large_forces(train_frames, config.max_label_force, "training")
@@ -264,6 +265,12 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
 
     opt_state = optimizer.init(params)
     rng = np.random.default_rng(config.seed)
+    train_fingerprints = [fingerprint(a) for a in train_frames]
+    new = _new_structures(init_from, train_fingerprints) if init_from is not None else None
+    emphasise = new is not None and config.warm_start_new_fraction > 0 and 0 < new.sum() < len(new)
+    if new is not None:
+        log.info("warm start: %d of %d training structures are new%s", new.sum(), len(new),
+                 f", drawn as {config.warm_start_new_fraction:.0%} of each epoch" if emphasise else "")
     history: list[dict[str, float]] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     curve_path = out_dir / "learning_curve.csv"
@@ -295,7 +302,8 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
             start = time.perf_counter()
             total, count, skipped = 0.0, 0, 0
             # losses stay on the device until the epoch ends: no host sync per step
-            for graph, labels in prefetched(train_set.batches(bs, pad_train, rng)):
+            order = emphasised_order(new, config.warm_start_new_fraction, rng) if emphasise else None
+            for graph, labels in prefetched(train_set.batches(bs, pad_train, rng, order)):
                 params, opt_state, loss_sum, n, bad = train_step(params, opt_state, graph, labels)
                 total, count, skipped = total + loss_sum, count + n, skipped + bad
             total, count, skipped = float(total), float(count), int(skipped)
@@ -326,9 +334,23 @@ def train(train_frames: list[Atoms], val_frames: list[Atoms], model_config: dict
     metrics.update(best_epoch=best_epoch, val_loss=val_loss, n_train=len(train_set), n_val=len(val_set),
                    skipped_steps=skipped_total, warm_start=init_params is not None,
                    shift_offset_mev_per_atom=shift_offset, shift_refitted=shift_refitted,
-                   n_train_left_out=dropped_train, n_val_left_out=dropped_val)
+                   n_train_left_out=dropped_train, n_val_left_out=dropped_val,
+                   n_train_new=int(new.sum()) if new is not None else len(train_set))
     save_model(out_dir, mconf, best_params, training=config.to_dict(), metrics=metrics)
+    (out_dir / TRAINING_FRAMES_FILE).write_text(json.dumps(train_fingerprints))
     return TrainResult(out_dir, metrics, history, best_epoch)
+
+
+TRAINING_FRAMES_FILE = "training_frames.json"  # fingerprints of the training structures
+
+
+def _new_structures(model_dir, train_fingerprints: list[dict]) -> np.ndarray | None:
+    """Which training structures the model in ``model_dir`` was not trained on (None: not recorded)."""
+    path = Path(model_dir) / TRAINING_FRAMES_FILE
+    if not path.is_file():
+        log.info("warm start: %s has no %s; every structure is drawn alike", model_dir, TRAINING_FRAMES_FILE)
+        return None
+    return ~seen_before(train_fingerprints, json.loads(path.read_text()))
 
 
 def _previous_metric(model_dir, key: str) -> float:

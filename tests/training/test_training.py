@@ -119,6 +119,65 @@ def test_warm_start_with_seed1_rates_keeps_the_model(trained, frames, tmp_path):
         train(frames[:10], frames[10:], {**TINY, "hidden": [8]}, config, tmp_path / "bad", init_from=trained.model_dir)
 
 
+def test_emphasised_order_gives_new_structures_their_share():
+    from lotf.training.data import emphasised_order
+
+    rng = np.random.default_rng(0)
+    new = np.zeros(60, bool)
+    new[48:] = True  # 12 new of 60, as after 20 % new data
+    order = emphasised_order(new, 0.67, rng)
+    assert len(order) == 60  # an epoch keeps its length (and cost)
+    drawn_new = order[new[order]]
+    assert len(drawn_new) == 40  # round(0.67 * 60)
+    counts = np.bincount(drawn_new, minlength=60)[48:]
+    assert counts.min() >= 3 and counts.max() <= 4  # cycled: every new one before any repeats
+    drawn_old = order[~new[order]]
+    assert len(set(drawn_old.tolist())) == len(drawn_old) == 20  # old ones without replacement
+    # never fewer draws than uniform: a share already above the fraction, or one kind only
+    for mask, fraction in ((new, 0.1), (np.zeros(60, bool), 0.67), (np.ones(60, bool), 0.67)):
+        assert sorted(emphasised_order(mask, fraction, rng).tolist()) == list(range(60))
+
+
+def test_fingerprints_survive_a_file_round_trip_and_tell_structures_apart(frames, tmp_path):
+    from lotf.training.data import fingerprint, seen_before
+
+    ase.io.write(tmp_path / "f.extxyz", frames[:3])
+    back = ase.io.read(tmp_path / "f.extxyz", ":")
+    earlier = [fingerprint(a) for a in frames[:3]]
+    assert seen_before([fingerprint(a) for a in back], earlier).all()
+    single = back[0].copy()
+    single.positions = single.positions.astype(np.float32).astype(float)  # float32 storage (H5MD)
+    nudged = frames[0].copy()
+    nudged.positions[5, 1] += 0.01
+    swapped = frames[0].copy()
+    swapped.numbers[[0, 1]] = swapped.numbers[[1, 0]] if swapped.numbers[0] != swapped.numbers[1] else [13, 29]
+    others = [fingerprint(a) for a in (single, nudged, swapped, frames[3])]
+    assert seen_before(others, earlier).tolist() == [True, False, False, False]
+    assert not seen_before(others, []).any()
+
+
+def test_warm_start_knows_which_structures_are_new(trained, frames, tmp_path):
+    from lotf.training.trainer import TRAINING_FRAMES_FILE
+
+    recorded = json.loads((trained.model_dir / TRAINING_FRAMES_FILE).read_text())
+    assert len(recorded) == 10 and trained.metrics["n_train_new"] == 10
+    # the old frames come back through a file, as a campaign's data do, plus three new ones
+    ase.io.write(tmp_path / "old.extxyz", frames[:10])
+    grown = ase.io.read(tmp_path / "old.extxyz", ":") + emt_frames(3, seed=7)
+    config = TrainConfig(epochs=2, batch_size=2, progress=False, loss_normalisation="per_atom")
+    warm = train(grown, frames[10:], TINY, config, tmp_path / "warm", init_from=trained.model_dir)
+    assert warm.metrics["n_train_new"] == 3
+    assert len(json.loads((warm.model_dir / TRAINING_FRAMES_FILE).read_text())) == 13
+    # a model directory without the record (older lotf) warm-starts with uniform draws
+    (tmp_path / "old_model").mkdir()
+    for name in ("config.yaml", "params.msgpack", "metrics.json"):
+        (tmp_path / "old_model" / name).write_bytes((trained.model_dir / name).read_bytes())
+    legacy = train(grown, frames[10:], TINY, config, tmp_path / "legacy", init_from=tmp_path / "old_model")
+    assert legacy.metrics["n_train_new"] == 13
+    with pytest.raises(ConfigError, match="warm_start_new_fraction"):
+        TrainConfig(warm_start_new_fraction=1.0)
+
+
 def test_warm_start_refits_the_shift_only_when_the_energy_zero_moves(trained, frames, tmp_path):
     # labels without a constant -60 meV/atom term (as when D3 is taken out of DFT+D3 labels)
     moved = [relabel(a, energy=a.get_potential_energy() - 0.06 * len(a), forces=a.get_forces()) for a in frames]
