@@ -215,11 +215,16 @@ def bench_potential(quick: bool = typer.Option(False, help="fewer sizes and repe
 def bench_warmstart(epochs: int = typer.Option(100, help="epochs of the from-scratch runs"),
                     new_fraction: float = typer.Option(None, help="share of each warm epoch's draws given to the "
                                                        "new structures (default: the training default; 0: uniform)"),
-                    seed: int = typer.Option(0, help="seed of the data and the training")):
+                    seeds: str = typer.Option("0,1,2", help="data (and training) seeds, comma-separated; "
+                                                             "the epochs are summed over them")):
     """Continual learning: epochs a warm start and a fresh start need after 20 % new structures."""
     from lotf.bench import warmstart_benchmark
 
-    typer.echo(json.dumps(warmstart_benchmark(epochs=epochs, new_fraction=new_fraction, seed=seed)))
+    try:
+        seed_list = tuple(int(x) for x in seeds.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--seeds: expected integers separated by commas, got {seeds!r}")
+    typer.echo(json.dumps(warmstart_benchmark(epochs=epochs, new_fraction=new_fraction, seeds=seed_list)))
 
 
 @bench_app.command("validation")

@@ -73,7 +73,7 @@ class TrainConfig:
     # structure 20 % new data get 20 % of the steps. Old structures are drawn without
     # replacement, new ones cycled, so an epoch keeps its length and cost; 0 draws uniformly.
     # After 20 % new data (lotf bench warmstart, data seeds 0-2) the warm epochs needed fell from
-    # 45/40/40 (uniform) to 35/20/30 (2/3) and 30/20/25 (0.8): README "Warm starts keep the model"
+    # 44/36/40 (uniform) to 27/16/23 (0.8; 2/3 did less well): README "Warm starts keep the model"
     warm_start_new_fraction: float = 0.8
     # warm start: refit the per-element shift when the labels' energy zero moved, as when DFT+D3
     # labels become DFT labels ("auto": when the ridge fit of the model's residuals moves energies
