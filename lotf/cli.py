@@ -213,8 +213,8 @@ def bench_potential(quick: bool = typer.Option(False, help="fewer sizes and repe
 
 @bench_app.command("warmstart")
 def bench_warmstart(epochs: int = typer.Option(100, help="epochs of the from-scratch runs"),
-                    new_fraction: float = typer.Option(None, help="share of each warm epoch's draws given to the "
-                                                       "new structures (default: the training default; 0: uniform)"),
+                    new_fraction: float = typer.Option(0.8, help="share of each warm epoch's draws given to the "
+                                                      "new structures (warm_start_new_fraction; 0: uniform)"),
                     seeds: str = typer.Option("0,1,2", help="data (and training) seeds, comma-separated; "
                                                              "the epochs are summed over them")):
     """Continual learning: epochs a warm start and a fresh start need after 20 % new structures."""
