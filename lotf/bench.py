@@ -175,6 +175,10 @@ def warmstart_benchmark(epochs: int = 100, n_train: int = 60, seeds: tuple[int, 
     ``ratio`` is warm over scratch of the sums (a single run moves by a few epochs between
     seeds). ``runs`` holds each seed's numbers.
     """
+    if not 0 <= new_fraction < 1:
+        raise ValueError(f"new fraction must be in [0, 1), got {new_fraction}")
+    if not seeds:
+        raise ValueError("no seeds given")
     t0 = time.perf_counter()
     runs = [_warmstart_run(epochs, n_train, seed, warm_lr_factor, new_fraction) for seed in seeds]
     scratch = sum(r["epochs_to_match_scratch"] for r in runs)

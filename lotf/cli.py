@@ -223,7 +223,7 @@ def bench_warmstart(epochs: int = typer.Option(100, help="epochs of the from-scr
     try:
         seed_list = tuple(int(x) for x in seeds.split(","))
     except ValueError:
-        raise typer.BadParameter(f"--seeds: expected integers separated by commas, got {seeds!r}")
+        raise ValueError(f"--seeds: expected integers separated by commas, got {seeds!r}") from None
     typer.echo(json.dumps(warmstart_benchmark(epochs=epochs, new_fraction=new_fraction, seeds=seed_list)))
 
 

@@ -247,3 +247,10 @@ def test_bench_warmstart_reports_the_epochs_of_both_runs_and_the_new_structures(
         ran = {w["epochs"]: w["val_loss"] <= run["target_val_loss"] for w in run["warm"]}
         assert ran[warm] and (warm == 1 or ran[warm - 1] is False)
         assert min(b for b, ok in ran.items() if ok) == warm
+
+
+@pytest.mark.parametrize("args, message", [(["--new-fraction", "1.5"], "new fraction must be in [0, 1)"),
+                                           (["--seeds", "0,x"], "--seeds: expected integers")])
+def test_bench_warmstart_bad_options_are_one_line(tmp_path, args, message):
+    bad = lotf("bench", "warmstart", *args, cwd=tmp_path)
+    assert bad.returncode == 1 and message in one_error_line(bad), bad.stderr
